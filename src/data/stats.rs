@@ -1,0 +1,1 @@
+//! Class statistics (pandas `describe` of class sizes) and an image-size summary.

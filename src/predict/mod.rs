@@ -1,0 +1,1 @@
+//! Batched ONNX Runtime inference, ensembles, test-time augmentation and submissions.

@@ -1,0 +1,1 @@
+//! Reports users look at: tables (CSV/JSON) and pictures.

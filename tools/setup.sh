@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Sets up everything sorbier needs on a fresh machine, from the package registries only:
+#   * a repo-local Python venv (.venv) holding libtorch (torch wheel), libonnxruntime
+#     (onnxruntime-gpu wheel) and the Python tools used by parity tests and benchmarks;
+#   * .cargo/config.toml pointing the Rust build at that libtorch / libonnxruntime.
+# Idempotent: a second run checks versions and returns in a few seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+PY=${PYTHON:-python3}
+
+TORCH_VERSION=2.11.0
+TORCHVISION_VERSION=0.26.0
+ORT_VERSION=1.31.1
+STAMP="$VENV/.sorbier-setup-$TORCH_VERSION-$TORCHVISION_VERSION-$ORT_VERSION-v1"
+
+if [ ! -f "$STAMP" ]; then
+  echo "[setup] creating venv in $VENV (torch $TORCH_VERSION, onnxruntime-gpu $ORT_VERSION)"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet \
+    "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
+    "onnxruntime-gpu==$ORT_VERSION" onnx safetensors numpy pillow
+  touch "$STAMP"
+else
+  echo "[setup] venv up to date ($VENV)"
+fi
+
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+# A stable, version-free path so that nothing else has to know python3.X.
+ln -sfn "$SITE" "$VENV/site"
+ORT_LIB=$(ls "$VENV"/site/onnxruntime/capi/libonnxruntime.so.* | head -n1)
+ln -sfn "$ORT_LIB" "$VENV/site/onnxruntime/capi/libonnxruntime.so"
+
+mkdir -p .cargo
+cat > .cargo/config.toml <<CFG
+# Written by tools/setup.sh: the Rust build finds libtorch and libonnxruntime in the repo-local venv.
+[env]
+LIBTORCH = { value = ".venv/site/torch", relative = true }
+ORT_DYLIB_PATH = { value = ".venv/site/onnxruntime/capi/libonnxruntime.so", relative = true }
+SORBIER_PYTHON = { value = ".venv/bin/python", relative = true }
+CFG
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then :; fi
+echo "[setup] ok: libtorch at .venv/site/torch, onnxruntime at $ORT_LIB"
