@@ -11,6 +11,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate a small procedural plant-like dataset (the built-in default data).
+    Synth(sorbier::data::synth::SynthArgs),
     /// Show the classes of a dataset, their sizes and what the scan skipped.
     Inspect(sorbier::data::inspect::InspectArgs),
     /// Fine-tune a ResNet (libtorch; CPU or CUDA) and write a run directory.
@@ -21,6 +23,7 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Synth(a) => sorbier::data::synth::run(&a),
         Command::Inspect(a) => sorbier::data::inspect::run(&a),
         Command::Train(a) => sorbier::train::run(&a),
         Command::Export(a) => sorbier::export::run(&a),

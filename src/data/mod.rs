@@ -7,6 +7,7 @@ pub mod sampler;
 pub mod scan;
 pub mod split;
 pub mod stats;
+pub mod synth;
 
 pub use loader::{Batch, Loader, LoaderConfig, Mode};
 pub use scan::{Dataset, Sample, ScanReport, TestSet};
