@@ -1,0 +1,393 @@
+//! Builds the ONNX graph of a ResNet by walking [`ResNetSpec`], the same description the
+//! libtorch model walks, over a state dict of PyTorch-named tensors.
+//!
+//! The graph is what `torch.onnx.export` of a torchvision ResNet in eval mode gives after
+//! onnxruntime's BatchNorm fusion: `Conv (BN folded) → Relu → MaxPool → blocks (Conv, Relu,
+//! Add) → GlobalAveragePool → Flatten → Gemm`. No BatchNormalization or Dropout node is emitted
+//! (dropout is the identity at inference). Folding follows the inference form of BatchNorm
+//! (Ioffe & Szegedy 2015): `y = γ·(x − μ)/√(σ² + ε) + β`, so a conv with weight `w` and no bias
+//! becomes one with `w' = w·s`, `b' = β − μ·s`, `s = γ/√(σ² + ε)` per output channel,
+//! computed in f64 and rounded once.
+//!
+//! Input `input` is `[N, 3, crop, crop]` float32 (`N` symbolic, height and width fixed to the
+//! recorded crop, so ONNX Runtime rejects an image prepared with the wrong preprocessing);
+//! output `logits` is `[N, classes]` float32. With `fp16`, weights are stored and computed in
+//! float16 between a Cast after the input and a Cast before the output, so callers always
+//! exchange float32.
+use anyhow::{bail, Context, Result};
+
+use crate::arch::{ConvBn, ResNetSpec};
+use crate::meta::ModelMeta;
+use crate::onnx::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+use super::weights::{check_state_dict, StateDict};
+
+/// ONNX operator set the graph is written against (every op used exists unchanged since 13).
+pub const OPSET: i64 = 17;
+/// IR version 8 is the one that goes with opset 17 (onnx 1.12); onnxruntime 1.31 reads 3–11.
+pub const IR_VERSION: i64 = 8;
+/// Name of the graph input.
+pub const INPUT: &str = "input";
+/// Name of the graph output.
+pub const OUTPUT: &str = "logits";
+/// The symbolic batch dimension.
+pub const BATCH_DIM: &str = "N";
+/// BatchNorm epsilon of torchvision's ResNets (`nn.BatchNorm2d` default).
+pub const BN_EPS: f64 = 1e-5;
+
+/// `"float16"` or `"float32"`, as recorded in [`ModelMeta::precision`].
+pub fn precision_name(fp16: bool) -> &'static str {
+    if fp16 {
+        "float16"
+    } else {
+        "float32"
+    }
+}
+
+fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Int as i32), i: Some(v), ..Default::default() }
+}
+
+fn tensor_value(name: &str, dims: &[dimension::Value], doc: &str) -> ValueInfoProto {
+    let shape = TensorShapeProto {
+        dim: dims
+            .iter()
+            .map(|d| crate::onnx::tensor_shape_proto::Dimension { value: Some(d.clone()), denotation: None })
+            .collect(),
+    };
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(DataType::Float as i32),
+                shape: Some(shape),
+            })),
+            denotation: None,
+        }),
+        doc_string: Some(doc.into()),
+        ..Default::default()
+    }
+}
+
+/// Nodes and initializers in topological order, each node's output named after the node.
+struct Graph {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    fp16: bool,
+}
+
+impl Graph {
+    /// Adds a weight in the graph's precision; returns its name.
+    fn initializer(&mut self, name: &str, shape: &[usize], data: &[f32]) -> String {
+        let (data_type, raw_data) = if self.fp16 {
+            (DataType::Float16, data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
+        } else {
+            (DataType::Float, data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        };
+        self.initializers.push(TensorProto {
+            name: Some(name.into()),
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: Some(data_type as i32),
+            raw_data: Some(raw_data),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
+    /// Adds a node whose single output is named `name`; returns that name.
+    fn node(&mut self, op: &str, name: &str, inputs: &[&str], attribute: Vec<AttributeProto>, doc: Option<String>) -> String {
+        self.nodes.push(NodeProto {
+            name: Some(name.into()),
+            op_type: Some(op.into()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![name.to_string()],
+            attribute,
+            doc_string: doc,
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
+    /// A convolution with its BatchNorm folded in; returns the output name (the conv's name).
+    fn conv_bn(&mut self, cb: &ConvBn, w: &StateDict, x: &str) -> Result<String> {
+        let get = |suffix: &str, of: &str| {
+            let key = format!("{of}.{suffix}");
+            w.get(&key).map(|t| t.data.as_slice()).with_context(|| format!("tensor {key} missing"))
+        };
+        let weight = get("weight", &cb.conv)?;
+        let (gamma, beta) = (get("weight", &cb.bn)?, get("bias", &cb.bn)?);
+        let (mean, var) = (get("running_mean", &cb.bn)?, get("running_var", &cb.bn)?);
+        let (w_folded, b_folded) = fold_bn(weight, gamma, beta, mean, var, BN_EPS)?;
+        let k = cb.kernel;
+        let wname = self.initializer(&format!("{}.weight", cb.conv), &[cb.out_channels, cb.in_channels, k, k], &w_folded);
+        let bname = self.initializer(&format!("{}.bias", cb.conv), &[cb.out_channels], &b_folded);
+        let (k, s, p) = (k as i64, cb.stride as i64, cb.padding as i64);
+        let attrs = vec![
+            attr_ints("kernel_shape", &[k, k]),
+            attr_ints("strides", &[s, s]),
+            attr_ints("pads", &[p, p, p, p]),
+            attr_ints("dilations", &[1, 1]),
+            attr_int("group", 1),
+        ];
+        Ok(self.node("Conv", &cb.conv, &[x, &wname, &bname], attrs, Some(format!("{} with {} folded in", cb.conv, cb.bn))))
+    }
+}
+
+/// Folds BatchNorm (per output channel) into a bias-free convolution weight `[out, …]`.
+/// Returns `(w', b')`, computed in f64.
+pub fn fold_bn(
+    weight: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let out = gamma.len();
+    if out == 0 || [beta.len(), mean.len(), var.len()].iter().any(|&n| n != out) || weight.len() % out != 0 {
+        bail!(
+            "BatchNorm of {out} channels does not fit a conv weight of {} values (beta {}, mean {}, var {})",
+            weight.len(),
+            beta.len(),
+            mean.len(),
+            var.len()
+        );
+    }
+    let per = weight.len() / out;
+    let mut w = Vec::with_capacity(weight.len());
+    let mut b = Vec::with_capacity(out);
+    for c in 0..out {
+        let scale = gamma[c] as f64 / (var[c] as f64 + eps).sqrt();
+        w.extend(weight[c * per..(c + 1) * per].iter().map(|&v| (v as f64 * scale) as f32));
+        b.push((beta[c] as f64 - mean[c] as f64 * scale) as f32);
+    }
+    Ok((w, b))
+}
+
+/// Builds the ONNX model of `spec` with the weights of `weights` (checked first, like a strict
+/// state-dict load) and `meta` as its metadata. `meta.arch` and `meta.classes` must agree with
+/// `spec`; `meta.precision` is set from `fp16`.
+pub fn build_model(spec: &ResNetSpec, weights: &StateDict, meta: &ModelMeta, fp16: bool) -> Result<ModelProto> {
+    check_state_dict(spec, weights)?;
+    if meta.arch != spec.arch.name() {
+        bail!("metadata says {} but the model is {}", meta.arch, spec.arch);
+    }
+    if meta.classes.len() != spec.num_classes {
+        bail!("metadata lists {} classes but the model has {} outputs", meta.classes.len(), spec.num_classes);
+    }
+    let crop = meta.preprocess.crop as i64;
+    if crop < 1 {
+        bail!("crop size must be positive, got {crop}");
+    }
+    let mut meta = meta.clone();
+    meta.precision = precision_name(fp16).to_string();
+
+    let mut g = Graph { nodes: Vec::new(), initializers: Vec::new(), fp16 };
+    let mut x = INPUT.to_string();
+    if fp16 {
+        x = g.node("Cast", "input_fp16", &[&x], vec![attr_int("to", DataType::Float16 as i64)], None);
+    }
+    x = g.conv_bn(&spec.stem, weights, &x)?;
+    x = g.node("Relu", "relu", &[&x], vec![], None);
+    x = g.node(
+        "MaxPool",
+        "maxpool",
+        &[&x],
+        vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("strides", &[2, 2]), attr_ints("pads", &[1, 1, 1, 1])],
+        None,
+    );
+    for block in &spec.blocks {
+        let shortcut = match &block.downsample {
+            Some(ds) => g.conv_bn(ds, weights, &x)?,
+            None => x.clone(),
+        };
+        let mut y = x.clone();
+        let last = block.convs.len() - 1;
+        for (i, cb) in block.convs.iter().enumerate() {
+            y = g.conv_bn(cb, weights, &y)?;
+            if i < last {
+                y = g.node("Relu", &format!("{}.relu{}", block.prefix, i + 1), &[&y], vec![], None);
+            }
+        }
+        let sum = g.node("Add", &format!("{}.add", block.prefix), &[&y, &shortcut], vec![], None);
+        x = g.node("Relu", &format!("{}.relu", block.prefix), &[&sum], vec![], None);
+    }
+    x = g.node("GlobalAveragePool", "avgpool", &[&x], vec![], None);
+    x = g.node("Flatten", "flatten", &[&x], vec![attr_int("axis", 1)], None);
+    let fc_w = &weights["fc.weight"];
+    let fc_b = &weights["fc.bias"];
+    let wname = g.initializer("fc.weight", &fc_w.shape, &fc_w.data);
+    let bname = g.initializer("fc.bias", &fc_b.shape, &fc_b.data);
+    let gemm = vec![
+        AttributeProto { name: Some("alpha".into()), r#type: Some(AttributeType::Float as i32), f: Some(1.0), ..Default::default() },
+        AttributeProto { name: Some("beta".into()), r#type: Some(AttributeType::Float as i32), f: Some(1.0), ..Default::default() },
+        attr_int("transB", 1),
+    ];
+    if fp16 {
+        let y = g.node("Gemm", "fc", &[&x, &wname, &bname], gemm, None);
+        g.nodes.push(NodeProto {
+            name: Some("logits_fp32".into()),
+            op_type: Some("Cast".into()),
+            input: vec![y],
+            output: vec![OUTPUT.into()],
+            attribute: vec![attr_int("to", DataType::Float as i64)],
+            ..Default::default()
+        });
+    } else {
+        g.nodes.push(NodeProto {
+            name: Some("fc".into()),
+            op_type: Some("Gemm".into()),
+            input: vec![x, wname, bname],
+            output: vec![OUTPUT.into()],
+            attribute: gemm,
+            ..Default::default()
+        });
+    }
+
+    let n = || dimension::Value::DimParam(BATCH_DIM.into());
+    let v = dimension::Value::DimValue;
+    let input_doc = format!(
+        "RGB image batch, resized to {} (shorter side) and center-cropped to {crop}×{crop}, scaled to 0–1 and \
+         normalised with mean {:?} and std {:?}",
+        meta.preprocess.resize, meta.preprocess.mean, meta.preprocess.std
+    );
+    let graph = GraphProto {
+        name: Some(format!("sorbier_{}", spec.arch)),
+        node: g.nodes,
+        initializer: g.initializers,
+        input: vec![tensor_value(INPUT, &[n(), v(3), v(crop), v(crop)], &input_doc)],
+        output: vec![tensor_value(
+            OUTPUT,
+            &[n(), v(spec.num_classes as i64)],
+            "unnormalised class scores, in the order of the sorbier.classes metadata",
+        )],
+        ..Default::default()
+    };
+    let metadata_props = meta
+        .to_props()?
+        .into_iter()
+        .map(|(k, v)| StringStringEntryProto { key: Some(k), value: Some(v) })
+        .collect();
+    Ok(ModelProto {
+        ir_version: Some(IR_VERSION),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }],
+        producer_name: Some("sorbier".into()),
+        producer_version: Some(crate::VERSION.into()),
+        doc_string: Some(format!(
+            "{} with {} classes ({}), exported by sorbier {} from {}. Class names, preprocessing and metrics are \
+             in the sorbier.* metadata.",
+            spec.arch,
+            spec.num_classes,
+            meta.precision,
+            crate::VERSION,
+            meta.source
+        )),
+        graph: Some(graph),
+        metadata_props,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Arch;
+    use crate::export::weights::Tensor;
+    use crate::transforms::Preprocess;
+
+    #[test]
+    fn fold_bn_matches_formula() {
+        // Two output channels, two weights each.
+        let w = [1.0, 2.0, -1.0, 0.5];
+        let (wf, bf) = fold_bn(&w, &[2.0, 0.5], &[0.1, -0.2], &[1.0, -3.0], &[3.0, 0.0], 1.0).unwrap();
+        // channel 0: s = 2/√4 = 1; channel 1: s = 0.5/√1 = 0.5
+        assert_eq!(wf, vec![1.0, 2.0, -0.5, 0.25]);
+        assert!((bf[0] - (0.1 - 1.0)).abs() < 1e-7 && (bf[1] - (-0.2 + 1.5)).abs() < 1e-7, "{bf:?}");
+        assert!(fold_bn(&w, &[1.0; 3], &[0.0; 3], &[0.0; 3], &[1.0; 3], 1e-5).is_err());
+    }
+
+    fn meta(classes: usize) -> ModelMeta {
+        ModelMeta {
+            classes: (0..classes).map(|i| format!("c{i}")).collect(),
+            arch: "resnet18".into(),
+            preprocess: Preprocess::for_crop(64),
+            metrics: Default::default(),
+            data_fingerprint: "x".into(),
+            sorbier_version: crate::VERSION.into(),
+            precision: "float32".into(),
+            source: "r:best".into(),
+        }
+    }
+
+    fn ones(spec: &ResNetSpec) -> StateDict {
+        spec.tensors()
+            .into_iter()
+            .map(|(n, s)| {
+                let len = s.iter().product();
+                (n, Tensor { shape: s, data: vec![1.0; len] })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn graph_has_expected_nodes_and_no_batchnorm() {
+        let spec = Arch::Resnet18.spec(4);
+        let m = build_model(&spec, &ones(&spec), &meta(4), false).unwrap();
+        let g = m.graph.as_ref().unwrap();
+        let count = |op: &str| g.node.iter().filter(|n| n.op_type.as_deref() == Some(op)).count();
+        // stem + 16 block convs + 3 downsamples
+        assert_eq!(count("Conv"), 20);
+        assert_eq!(count("Add"), 8);
+        assert_eq!(count("Relu"), 1 + 8 * 2);
+        assert_eq!(count("BatchNormalization") + count("Dropout") + count("Cast"), 0);
+        // every Conv has a weight and a bias initializer; plus fc weight and bias
+        assert_eq!(g.initializer.len(), 20 * 2 + 2);
+        assert_eq!(g.node.last().unwrap().output, vec![OUTPUT.to_string()]);
+        assert_eq!(m.opset_import[0].version, Some(OPSET));
+        let keys: Vec<&str> = m.metadata_props.iter().map(|p| p.key.as_deref().unwrap()).collect();
+        assert!(keys.contains(&"sorbier.classes"));
+        // every node input is a graph input, an initializer or an earlier node's output
+        let mut known: std::collections::HashSet<String> = g.initializer.iter().map(|t| t.name.clone().unwrap()).collect();
+        known.insert(INPUT.into());
+        for node in &g.node {
+            for i in &node.input {
+                assert!(known.contains(i), "{:?} reads unknown {i}", node.name);
+            }
+            known.extend(node.output.iter().cloned());
+        }
+    }
+
+    #[test]
+    fn fp16_casts_io_and_halves_weights() {
+        let spec = Arch::Resnet18.spec(4);
+        let m = build_model(&spec, &ones(&spec), &meta(4), true).unwrap();
+        let g = m.graph.as_ref().unwrap();
+        assert_eq!(g.node.first().unwrap().op_type.as_deref(), Some("Cast"));
+        assert_eq!(g.node.last().unwrap().op_type.as_deref(), Some("Cast"));
+        assert!(g.initializer.iter().all(|t| t.data_type == Some(DataType::Float16 as i32)));
+        let fc = g.initializer.iter().find(|t| t.name.as_deref() == Some("fc.weight")).unwrap();
+        assert_eq!(fc.raw_data.as_ref().unwrap().len(), 4 * 512 * 2);
+        let precision = m.metadata_props.iter().find(|p| p.key.as_deref() == Some("sorbier.precision")).unwrap();
+        assert_eq!(precision.value.as_deref(), Some("\"float16\""));
+    }
+
+    #[test]
+    fn metadata_must_agree_with_spec() {
+        let spec = Arch::Resnet18.spec(4);
+        let err = build_model(&spec, &ones(&spec), &meta(5), false).unwrap_err();
+        assert!(format!("{err:#}").contains("5 classes"), "{err:#}");
+    }
+}
