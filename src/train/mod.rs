@@ -1,13 +1,460 @@
-//! Training with libtorch: optimisers, schedules, loss, the epoch loop, checkpoints and resume.
-use anyhow::Result;
+//! Training with libtorch: `trainer train` fine-tunes a torchvision-compatible ResNet on an
+//! ImageFolder dataset and writes a run directory (see [`crate::run`]); `--resume` continues an
+//! interrupted run from its last completed epoch with the same result as an uninterrupted one.
+//!
+//! The recipe follows torchvision's `references/classification/train.py` and timm's
+//! `train.py`: [`optim`] (Adam/AdamW/SGD, clipping), [`schedule`] (step, plateau,
+//! warmup + cosine), [`loss`] (label smoothing, class weights), the epoch loop in `fit`, and
+//! the crash-safe run-directory writes in [`files`].
+use std::path::{Path, PathBuf};
 
-/// Fine-tune a ResNet on an ImageFolder dataset.
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::arch::Arch;
+use crate::data::split::SplitSpec;
+use crate::run::RunConfig;
+use crate::transforms::{Augment, Preprocess};
+
+mod fit;
+pub mod files;
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+
+pub use fit::train_run;
+use loss::ClassWeights;
+use optim::{OptimConfig, OptimizerKind};
+use schedule::{ScheduleConfig, ScheduleKind};
+
+/// Full fine-tuning, or feature extraction (frozen backbone and BatchNorm statistics; only
+/// `fc` trains).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainMode {
+    Full,
+    FeatureExtract,
+}
+
+/// How each epoch's training order is drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// Every training image once, shuffled.
+    Shuffle,
+    /// With replacement, weight 1/class size (classes come out uniformly).
+    Weighted,
+}
+
+/// The validation metric that picks the best checkpoint (and drives `--schedule plateau`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BestMetric {
+    Top1,
+    Top5,
+    MacroAcc,
+    Loss,
+}
+
+impl BestMetric {
+    pub fn maximize(self) -> bool {
+        self != BestMetric::Loss
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            BestMetric::Top1 => "top1",
+            BestMetric::Top5 => "top5",
+            BestMetric::MacroAcc => "macro_acc",
+            BestMetric::Loss => "loss",
+        }
+    }
+}
+
+/// Fine-tune a ResNet on an ImageFolder dataset and write a run directory.
 #[derive(Clone, Debug, clap::Args)]
 pub struct TrainArgs {
-    /// Dataset root: `DATA_DIR/<class>/*.jpg`.
-    pub data_dir: Option<std::path::PathBuf>,
+    /// Dataset: `DATA_DIR/<class>/*.jpg`, or a competition root holding `train/<class>/`.
+    /// With --resume, defaults to the run's recorded data folder.
+    pub data_dir: Option<PathBuf>,
+    /// Run directory to create (must not exist or be empty).
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its last completed epoch. Settings come from its
+    /// config.json; only --epochs (raise it to train longer), --workers, --threads and --device
+    /// are taken from the command line.
+    #[arg(long, conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    /// Architecture. ResNet-152 is what the toolkit is for (with --pretrained ImageNet weights);
+    /// pick resnet18/34 for quick CPU runs from scratch.
+    #[arg(long, value_enum, default_value_t = Arch::Resnet152)]
+    pub arch: Arch,
+    /// Pretrained weights: a torchvision `.pth` state dict or `.safetensors` (torchvision/timm
+    /// names); the ImageNet `fc` is dropped. Without it: random init (accuracy will suffer).
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// full: train every layer; feature-extract: freeze the backbone (and its BatchNorm
+    /// statistics), train only the head.
+    #[arg(long, value_enum, default_value_t = TrainMode::Full)]
+    pub mode: TrainMode,
+    /// Dropout probability before `fc` (0 = none, torchvision's model).
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    /// Crop size: training crops and the eval center crop are IMAGE_SIZE².
+    #[arg(long, default_value_t = 224)]
+    pub image_size: u32,
+    /// Eval resize of the shorter side (default: IMAGE_SIZE·256/224, torchvision's ratio).
+    #[arg(long)]
+    pub resize: Option<u32>,
+    /// Epochs to train [default: 15] (with --resume: a new, larger total; default the run's).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    pub optimizer: OptimizerKind,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Nesterov momentum (SGD).
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Weight decay (L2 for adam/sgd, decoupled for adamw).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// No weight decay on BatchNorm parameters and biases (1-D tensors).
+    #[arg(long)]
+    pub no_decay_norm_bias: bool,
+    /// LR schedule: step (×GAMMA every STEP_SIZE epochs), plateau (×PLATEAU_FACTOR when the
+    /// best metric stalls), cosine (per step, after linear warmup), none.
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Step)]
+    pub schedule: ScheduleKind,
+    #[arg(long, default_value_t = 5)]
+    pub step_size: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub gamma: f64,
+    /// Epochs without improvement before a plateau decay.
+    #[arg(long, default_value_t = 3)]
+    pub plateau_patience: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub plateau_factor: f64,
+    /// Linear warmup epochs of the cosine schedule (fractions allowed).
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_epochs: f64,
+    /// First warmup LR as a fraction of --lr.
+    #[arg(long, default_value_t = 0.01)]
+    pub warmup_start_factor: f64,
+    /// LR floor of the cosine and plateau schedules.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_lr: f64,
+    /// Clamp every gradient element to ±CLIP_VALUE.
+    #[arg(long)]
+    pub clip_value: Option<f64>,
+    /// Rescale gradients to a total L2 norm of at most CLIP_NORM.
+    #[arg(long)]
+    pub clip_norm: Option<f64>,
+    /// Label smoothing ε of the cross-entropy.
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// Class weights of the loss: none, inverse (1/class size) or effective (Cui et al. 2019).
+    #[arg(long, value_enum, default_value_t = ClassWeights::None)]
+    pub class_weights: ClassWeights,
+    /// β of the effective-number class weights.
+    #[arg(long, default_value_t = 0.999)]
+    pub effective_beta: f64,
+    /// Training order: weighted oversampling (1/class size) or a plain shuffle.
+    #[arg(long, value_enum, default_value_t = Sampling::Weighted)]
+    pub sampling: Sampling,
+    /// Images per epoch as a multiple of the training split's size (weighted sampling).
+    #[arg(long, default_value_t = 1.0)]
+    pub samples_multiplier: f64,
+    /// Validation fraction of the stratified holdout split.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Stratified k-fold instead of a holdout: number of folds.
+    #[arg(long)]
+    pub folds: Option<usize>,
+    /// With --folds: which fold (0-based) is the validation side.
+    #[arg(long, default_value_t = 0, requires = "folds")]
+    pub fold: usize,
+    /// Seed of the split, the initialisation, sampling, augmentation and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Image decoding threads [default: number of CPUs].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// libtorch intra-op threads [default: libtorch's choice]. Use the same value to resume
+    /// bit-exactly on CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// auto, cpu, cuda or cuda:N [default: auto]. Asking for CUDA where there is none is an error.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Mixed precision (CUDA fp16 autocast with dynamic loss scaling). Off by default.
+    #[arg(long)]
+    pub amp: bool,
+    /// Validation metric that picks best.safetensors (and drives --schedule plateau).
+    #[arg(long, value_enum, default_value_t = BestMetric::Top1)]
+    pub best_metric: BestMetric,
+    /// No random horizontal flips.
+    #[arg(long)]
+    pub no_hflip: bool,
+    /// No random vertical flips.
+    #[arg(long)]
+    pub no_vflip: bool,
+    /// Random rotations by multiples of 90°.
+    #[arg(long)]
+    pub rot90: bool,
+    /// Gaussian blur (p = 0.5) with sigma up to this value; 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub blur_sigma: f32,
+    /// Colour jitter strength (brightness/contrast/saturation ±); 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub color_jitter: f32,
+    /// Train on the eval resize + center crop instead of RandomResizedCrop.
+    #[arg(long)]
+    pub no_random_resized_crop: bool,
+    /// Stop each epoch after this many steps (smoke tests, benchmarks).
+    #[arg(long)]
+    pub max_steps_per_epoch: Option<usize>,
+    /// Do not show progress bars (summaries are still printed).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
-pub fn run(args: &TrainArgs) -> Result<()> {
-    todo!("{args:?}")
+/// Every hyper-parameter not already a field of [`RunConfig`]; stored as its `train` value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainSettings {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub mode: TrainMode,
+    pub pretrained: Option<PathBuf>,
+    pub optimizer: OptimConfig,
+    /// Weight decay also on norm parameters and biases.
+    pub decay_norm_bias: bool,
+    pub schedule: ScheduleConfig,
+    pub clip_value: Option<f64>,
+    pub clip_norm: Option<f64>,
+    pub label_smoothing: f64,
+    pub class_weights: ClassWeights,
+    pub effective_beta: f64,
+    pub sampling: Sampling,
+    pub samples_multiplier: f64,
+    pub best_metric: BestMetric,
+    pub max_steps_per_epoch: Option<usize>,
+    pub amp: bool,
+    /// Training drops a final incomplete batch (a batch of one breaks BatchNorm).
+    pub drop_last: bool,
+    /// Runtime choices of the first run, for the record (resume may change them).
+    pub runtime: Runtime,
 }
+
+/// Settings that do not change the result (or, for threads, only through float reordering).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Runtime {
+    pub workers: usize,
+    pub threads: Option<usize>,
+    pub device: String,
+}
+
+impl TrainSettings {
+    pub fn from_config(cfg: &RunConfig) -> Result<TrainSettings> {
+        serde_json::from_value(cfg.train.clone()).context("config.json: the `train` settings are not valid")
+    }
+}
+
+/// Epochs of a new run when --epochs is not given.
+pub const DEFAULT_EPOCHS: usize = 15;
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+impl TrainArgs {
+    fn runtime(&self, recorded: Option<&Runtime>) -> Runtime {
+        Runtime {
+            workers: self.workers.or(recorded.map(|r| r.workers)).unwrap_or_else(default_workers).max(1),
+            threads: self.threads.or(recorded.and_then(|r| r.threads)),
+            device: self.device.clone().or(recorded.map(|r| r.device.clone())).unwrap_or_else(|| "auto".into()),
+        }
+    }
+
+    /// The typed settings of a new run.
+    pub fn settings(&self) -> Result<TrainSettings> {
+        let epochs = self.epochs.unwrap_or(DEFAULT_EPOCHS);
+        if epochs == 0 || self.batch_size == 0 {
+            bail!("--epochs and --batch-size must be at least 1");
+        }
+        if !(self.lr > 0.0) {
+            bail!("--lr must be positive");
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) || !(0.0..1.0).contains(&self.dropout) {
+            bail!("--label-smoothing and --dropout must be in [0, 1)");
+        }
+        if !(self.samples_multiplier > 0.0) {
+            bail!("--samples-multiplier must be positive");
+        }
+        if self.schedule == ScheduleKind::Cosine && !(self.warmup_start_factor > 0.0 && self.warmup_start_factor <= 1.0) {
+            bail!("--warmup-start-factor must be in (0, 1]");
+        }
+        let mut optimizer = OptimConfig::new(self.optimizer);
+        optimizer.weight_decay = self.weight_decay;
+        optimizer.momentum = if self.optimizer == OptimizerKind::Sgd { self.momentum } else { 0.0 };
+        optimizer.nesterov = self.nesterov;
+        Ok(TrainSettings {
+            epochs,
+            batch_size: self.batch_size,
+            mode: self.mode,
+            pretrained: self.pretrained.clone(),
+            optimizer,
+            decay_norm_bias: !self.no_decay_norm_bias,
+            schedule: ScheduleConfig {
+                kind: self.schedule,
+                base_lr: self.lr,
+                step_size: self.step_size.max(1),
+                gamma: self.gamma,
+                plateau_patience: self.plateau_patience,
+                plateau_factor: self.plateau_factor,
+                warmup_epochs: self.warmup_epochs,
+                warmup_start_factor: self.warmup_start_factor,
+                min_lr: self.min_lr,
+            },
+            clip_value: self.clip_value,
+            clip_norm: self.clip_norm,
+            label_smoothing: self.label_smoothing,
+            class_weights: self.class_weights,
+            effective_beta: self.effective_beta,
+            sampling: self.sampling,
+            samples_multiplier: self.samples_multiplier,
+            best_metric: self.best_metric,
+            max_steps_per_epoch: self.max_steps_per_epoch,
+            amp: self.amp,
+            drop_last: true,
+            runtime: self.runtime(None),
+        })
+    }
+
+    pub fn preprocess(&self) -> Preprocess {
+        let mut p = Preprocess::for_crop(self.image_size);
+        if let Some(r) = self.resize {
+            p.resize = r;
+        }
+        p
+    }
+
+    pub fn augment(&self) -> Augment {
+        Augment {
+            random_resized_crop: !self.no_random_resized_crop,
+            hflip: !self.no_hflip,
+            vflip: !self.no_vflip,
+            rot90: self.rot90,
+            blur_sigma: self.blur_sigma,
+            color_jitter: self.color_jitter,
+            ..Augment::default()
+        }
+    }
+
+    pub fn split_spec(&self) -> SplitSpec {
+        match self.folds {
+            Some(folds) => SplitSpec::Kfold { folds, fold: self.fold, seed: self.seed },
+            None => SplitSpec::Holdout { val_fraction: self.val_fraction, seed: self.seed },
+        }
+    }
+}
+
+/// True when `dir` is missing or an empty directory.
+fn is_empty_dir(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    }
+}
+
+/// `trainer train`.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    if let Some(dir) = &args.resume {
+        let mut cfg = RunConfig::load(dir).with_context(|| format!("--resume {}", dir.display()))?;
+        let mut settings = TrainSettings::from_config(&cfg)?;
+        eprintln!(
+            "resuming {}: settings from its config.json (command-line hyper-parameters other than --epochs are ignored)",
+            dir.display()
+        );
+        let wanted_epochs = args.epochs.unwrap_or(settings.epochs);
+        if wanted_epochs < settings.epochs {
+            eprintln!(
+                "--epochs {} is below the run's {}; keeping {} (epochs can only be raised)",
+                wanted_epochs, settings.epochs, settings.epochs
+            );
+        } else if wanted_epochs > settings.epochs {
+            if settings.schedule.kind == ScheduleKind::Cosine {
+                eprintln!("warning: the cosine schedule is re-stretched to {wanted_epochs} epochs from here on");
+            }
+            settings.epochs = wanted_epochs;
+        }
+        let runtime = args.runtime(Some(&settings.runtime));
+        if let Some(d) = &args.data_dir {
+            cfg.data_root = crate::data::scan::resolve_train_dir(d);
+        }
+        cfg.train = serde_json::to_value(&settings)?;
+        return train_run(dir, &cfg, &settings, &runtime, true, !args.quiet);
+    }
+    let out = args.out.as_ref().context("--out RUN_DIR is required (or --resume RUN_DIR)")?;
+    if !is_empty_dir(out)? {
+        bail!("{} already exists and is not empty: use --resume {} or choose another --out", out.display(), out.display());
+    }
+    let data = args.data_dir.as_ref().context("the dataset folder (DATA_DIR) is required")?;
+    let root = crate::data::scan::resolve_train_dir(data);
+    let settings = args.settings()?;
+    let ds = crate::data::Dataset::scan(&root)?;
+    let cfg = RunConfig {
+        sorbier_version: crate::VERSION.to_string(),
+        arch: args.arch,
+        classes: ds.classes.clone(),
+        dropout: args.dropout,
+        preprocess: args.preprocess(),
+        augment: args.augment(),
+        seed: args.seed,
+        split: args.split_spec(),
+        data_root: root,
+        data_fingerprint: ds.fingerprint()?,
+        train: serde_json::to_value(&settings)?,
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    cfg.save(out)?;
+    train_run(out, &cfg, &settings, &settings.runtime.clone(), false, !args.quiet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    #[test]
+    fn settings_round_trip_through_json() {
+        let cli = Cli::parse_from(["t", "data", "--out", "r", "--optimizer", "sgd", "--nesterov", "--schedule", "cosine", "--folds", "5", "--fold", "2", "--class-weights", "effective", "--mode", "feature-extract"]);
+        let s = cli.args.settings().unwrap();
+        assert_eq!(s.optimizer.momentum, 0.9);
+        assert!(s.optimizer.nesterov);
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["mode"], "feature-extract");
+        assert_eq!(serde_json::from_value::<TrainSettings>(v).unwrap(), s);
+        assert_eq!(cli.args.split_spec(), SplitSpec::Kfold { folds: 5, fold: 2, seed: 0 });
+        assert_eq!(cli.args.preprocess().resize, 256);
+        assert!(Cli::try_parse_from(["t", "data"]).is_err(), "--out or --resume is required");
+        assert!(Cli::try_parse_from(["t", "--resume", "r", "--out", "x"]).is_err());
+        let bad = Cli::parse_from(["t", "d", "--out", "r", "--nesterov"]).args.settings().unwrap();
+        assert!(optim::Optimizer::new(bad.optimizer, vec![]).is_err(), "nesterov needs sgd");
+    }
+}
+
+#[cfg(test)]
+mod torch_parity;
