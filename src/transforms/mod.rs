@@ -10,8 +10,8 @@ pub mod augment;
 pub mod decode;
 pub mod eval;
 
-pub use augment::Augment;
-pub use decode::load_rgb;
+pub use augment::{train_into, Augment};
+pub use decode::{decode_rgb, load_rgb};
 pub use eval::{eval_into, eval_tensor_len};
 
 /// ImageNet channel means (RGB, 0–1 scale), as used by every torchvision pretrained model.
