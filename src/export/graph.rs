@@ -90,10 +90,20 @@ struct Graph {
 }
 
 impl Graph {
-    /// Adds a weight in the graph's precision; returns its name.
-    fn initializer(&mut self, name: &str, shape: &[usize], data: &[f32]) -> String {
+    /// Adds a weight in the graph's precision; returns its name. A value beyond float16's range
+    /// (folding can scale a channel with a tiny running variance far up) is an error, not an
+    /// infinity that would silently poison every prediction.
+    fn initializer(&mut self, name: &str, shape: &[usize], data: &[f32]) -> Result<String> {
         let (data_type, raw_data) = if self.fp16 {
-            (DataType::Float16, data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
+            let mut raw = Vec::with_capacity(data.len() * 2);
+            for &v in data {
+                let h = half::f16::from_f32(v);
+                if h.is_infinite() && v.is_finite() {
+                    bail!("{name} holds {v}, beyond float16's range (±{}); export in float32", half::f16::MAX);
+                }
+                raw.extend(h.to_le_bytes());
+            }
+            (DataType::Float16, raw)
         } else {
             (DataType::Float, data.iter().flat_map(|v| v.to_le_bytes()).collect())
         };
@@ -104,7 +114,7 @@ impl Graph {
             raw_data: Some(raw_data),
             ..Default::default()
         });
-        name.to_string()
+        Ok(name.to_string())
     }
 
     /// Adds a node whose single output is named `name`; returns that name.
@@ -132,8 +142,8 @@ impl Graph {
         let (mean, var) = (get("running_mean", &cb.bn)?, get("running_var", &cb.bn)?);
         let (w_folded, b_folded) = fold_bn(weight, gamma, beta, mean, var, BN_EPS)?;
         let k = cb.kernel;
-        let wname = self.initializer(&format!("{}.weight", cb.conv), &[cb.out_channels, cb.in_channels, k, k], &w_folded);
-        let bname = self.initializer(&format!("{}.bias", cb.conv), &[cb.out_channels], &b_folded);
+        let wname = self.initializer(&format!("{}.weight", cb.conv), &[cb.out_channels, cb.in_channels, k, k], &w_folded)?;
+        let bname = self.initializer(&format!("{}.bias", cb.conv), &[cb.out_channels], &b_folded)?;
         let (k, s, p) = (k as i64, cb.stride as i64, cb.padding as i64);
         let attrs = vec![
             attr_ints("kernel_shape", &[k, k]),
@@ -229,8 +239,8 @@ pub fn build_model(spec: &ResNetSpec, weights: &StateDict, meta: &ModelMeta, fp1
     x = g.node("Flatten", "flatten", &[&x], vec![attr_int("axis", 1)], None);
     let fc_w = &weights["fc.weight"];
     let fc_b = &weights["fc.bias"];
-    let wname = g.initializer("fc.weight", &fc_w.shape, &fc_w.data);
-    let bname = g.initializer("fc.bias", &fc_b.shape, &fc_b.data);
+    let wname = g.initializer("fc.weight", &fc_w.shape, &fc_w.data)?;
+    let bname = g.initializer("fc.bias", &fc_b.shape, &fc_b.data)?;
     let gemm = vec![
         AttributeProto { name: Some("alpha".into()), r#type: Some(AttributeType::Float as i32), f: Some(1.0), ..Default::default() },
         AttributeProto { name: Some("beta".into()), r#type: Some(AttributeType::Float as i32), f: Some(1.0), ..Default::default() },
@@ -382,6 +392,18 @@ mod tests {
         assert_eq!(fc.raw_data.as_ref().unwrap().len(), 4 * 512 * 2);
         let precision = m.metadata_props.iter().find(|p| p.key.as_deref() == Some("sorbier.precision")).unwrap();
         assert_eq!(precision.value.as_deref(), Some("\"float16\""));
+    }
+
+    #[test]
+    fn fp16_overflow_is_an_error() {
+        let spec = Arch::Resnet18.spec(4);
+        let mut w = ones(&spec);
+        // A dead channel (variance 0) scales its weights by 1/√ε ≈ 316: 1000 → 316 228.
+        w.get_mut("layer3.1.conv2.weight").unwrap().data[0] = 1000.0;
+        w.get_mut("layer3.1.bn2.running_var").unwrap().data[0] = 0.0;
+        let err = build_model(&spec, &w, &meta(4), true).unwrap_err();
+        assert!(format!("{err:#}").contains("layer3.1.conv2.weight holds"), "{err:#}");
+        build_model(&spec, &w, &meta(4), false).unwrap();
     }
 
     #[test]
