@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Training throughput: sorbier (examples/bench_train.rs) beside PyTorch (tools/bench_train.py),
+# each on pre-made tensors and from JPEGs through its loader, with the same model, size, batch
+# and worker count. Builds the release example if needed, then prints a table.
+#
+#   tools/bench-train.sh [DATA_DIR] [--arch resnet18] [--size 112] [--batch 32] [--workers 2]
+#                        [--steps 20] [--device cpu]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=../shared/data/flowers/train
+if [[ $# -gt 0 && $1 != --* ]]; then data=$1; shift; fi
+if [[ ${SORBIER_BENCH_NO_BUILD:-0} != 1 ]]; then
+  cargo build --release --example bench_train >&2
+fi
+py=${SORBIER_PYTHON:-.venv/bin/python}
+rs=$(target/release/examples/bench_train "$data" "$@")
+pt=$("$py" tools/bench_train.py "$data" "$@")
+echo "$rs"; echo "$pt"
+echo
+printf '%-10s %14s %14s %8s\n' engine 'tensors img/s' 'jpeg img/s' ratio
+for e in sorbier pytorch; do
+  all="$rs"$'\n'"$pt"
+  get() { awk -v e="$e" -v k="$1" '$1==e && $2==k {print $3}' <<<"$all"; }
+  printf '%-10s %14s %14s %8s\n' "$e" "$(get tensors)" "$(get jpeg)" "$(get ratio)"
+done

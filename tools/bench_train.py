@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""PyTorch peer of examples/bench_train.rs: images/s of ResNet training steps (forward,
+cross-entropy, backward, Adam) fed by a torchvision DataLoader over JPEGs (PIL decode +
+RandomResizedCrop + flips + ToTensor + Normalize, `--workers` processes), beside the same steps
+on pre-made tensors, and the ratio. Prints `pytorch tensors|jpeg|ratio <value>` lines.
+
+    .venv/bin/python tools/bench_train.py [DATA_DIR] [--arch resnet18] [--size 112] [--batch 32]
+        [--workers 2] [--steps 20] [--warmup 3] [--device cpu]
+"""
+import argparse
+import os
+import time
+
+import torch
+import torchvision
+from torchvision import transforms as T
+
+p = argparse.ArgumentParser()
+p.add_argument("data", nargs="?", default=os.path.join(os.path.dirname(__file__), "../../shared/data/flowers/train"))
+p.add_argument("--arch", default="resnet18")
+p.add_argument("--size", type=int, default=112)
+p.add_argument("--batch", type=int, default=32)
+p.add_argument("--workers", type=int, default=2)
+p.add_argument("--steps", type=int, default=20)
+p.add_argument("--warmup", type=int, default=3)
+p.add_argument("--device", default="cpu")
+a = p.parse_args()
+
+torch.manual_seed(0)
+dev = torch.device(a.device)
+if dev.type == "cuda":
+    torch.backends.cudnn.benchmark = True
+tf = T.Compose([T.RandomResizedCrop(a.size), T.RandomHorizontalFlip(), T.RandomVerticalFlip(), T.ToTensor(),
+                T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+ds = torchvision.datasets.ImageFolder(a.data, tf)
+model = getattr(torchvision.models, a.arch)(num_classes=len(ds.classes)).to(dev).train()
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+loss_fn = torch.nn.CrossEntropyLoss()
+
+
+def step(x, y):
+    loss = loss_fn(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+x = torch.randn(a.batch, 3, a.size, a.size, device=dev)
+y = torch.randint(len(ds.classes), (a.batch,), device=dev)
+for _ in range(a.warmup):
+    step(x, y)
+sync()
+t = time.perf_counter()
+for _ in range(a.steps):
+    step(x, y)
+sync()
+tensors = a.steps * a.batch / (time.perf_counter() - t)
+print(f"pytorch tensors {tensors:.1f}", flush=True)
+
+# Weighted oversampling as the reference notebook (1/class size, with replacement).
+counts = torch.bincount(torch.tensor(ds.targets))
+weights = 1.0 / counts[torch.tensor(ds.targets)].double()
+sampler = torch.utils.data.WeightedRandomSampler(weights, (a.steps + a.warmup) * a.batch, replacement=True,
+                                                 generator=torch.Generator().manual_seed(0))
+dl = torch.utils.data.DataLoader(ds, batch_size=a.batch, sampler=sampler, num_workers=a.workers, drop_last=True,
+                                 pin_memory=dev.type == "cuda")
+n = 0
+t = time.perf_counter()
+for i, (xb, yb) in enumerate(dl):
+    step(xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True))
+    if i + 1 == a.warmup:
+        sync()
+        t = time.perf_counter()
+    elif i >= a.warmup:
+        n += len(yb)
+sync()
+jpeg = n / (time.perf_counter() - t)
+print(f"pytorch jpeg {jpeg:.1f}")
+print(f"pytorch ratio {jpeg / tensors:.3f}")
