@@ -260,7 +260,7 @@ mod with_onnxruntime {
     }
 
     fn session(path: &Path) -> ort::Result<Session> {
-        Ok(Session::builder(env())?.with_intra_threads(1)?.commit_from_file(path)?)
+        Session::builder(env())?.with_intra_threads(1)?.commit_from_file(path)
     }
 
     /// Logits of the model at `path` for the first `n` reference images of `arch`.

@@ -167,7 +167,7 @@ pub fn fold_bn(
     eps: f64,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let out = gamma.len();
-    if out == 0 || [beta.len(), mean.len(), var.len()].iter().any(|&n| n != out) || weight.len() % out != 0 {
+    if out == 0 || [beta.len(), mean.len(), var.len()].iter().any(|&n| n != out) || !weight.len().is_multiple_of(out) {
         bail!(
             "BatchNorm of {out} channels does not fit a conv weight of {} values (beta {}, mean {}, var {})",
             weight.len(),
