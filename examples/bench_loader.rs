@@ -1,0 +1,85 @@
+//! Loader benchmark: images/s of the train pipeline (decode + RandomResizedCrop 224 + flips +
+//! normalise) and the eval pipeline (decode + Resize 256 + CenterCrop 224 + normalise) through
+//! [`sorbier::data::Loader`], over an ImageFolder tree, for several worker counts.
+//!
+//! Prints one line per measurement, `sorbier <pipeline> <workers> <images/s>`, the format
+//! `tools/bench_loader.py` prints for torchvision; `tools/bench-loader.sh` runs both.
+//!
+//!     cargo run --release --example bench_loader -- [DATA_DIR] [--workers 1,2] [--batch 32]
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use sorbier::data::{Loader, LoaderConfig, Mode};
+use sorbier::transforms::{Augment, Preprocess};
+
+const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "bmp"];
+
+/// `root/<class>/<image>` in sorted order, with class indices.
+fn image_folder(root: &Path) -> Result<(Vec<PathBuf>, Vec<i64>)> {
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("reading {}", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    classes.sort();
+    let (mut paths, mut labels) = (Vec::new(), Vec::new());
+    for (ci, dir) in classes.iter().enumerate() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().and_then(|x| x.to_str()).is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str())))
+            .collect();
+        files.sort();
+        labels.extend(std::iter::repeat_n(ci as i64, files.len()));
+        paths.extend(files);
+    }
+    if paths.is_empty() {
+        bail!("no images under {}", root.display());
+    }
+    Ok((paths, labels))
+}
+
+fn run(paths: &Arc<[PathBuf]>, labels: &Arc<[i64]>, order: Vec<usize>, mode: Mode, workers: usize, batch: usize) -> Result<(usize, f64)> {
+    let cfg = LoaderConfig { batch_size: batch, workers, prefetch: 2 * workers, drop_last: false };
+    let t = Instant::now();
+    let mut n = 0;
+    for b in Loader::new(paths.clone(), labels.clone(), order, mode, cfg) {
+        if let Some((idx, err)) = b.failed.first() {
+            bail!("item {idx} failed: {err}");
+        }
+        n += b.len();
+    }
+    Ok((n, t.elapsed().as_secs_f64()))
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/flowers/train");
+    let mut workers = vec![1usize, 2];
+    let mut batch = 32;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--workers" => workers = args.next().context("--workers N[,N]")?.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
+            "--batch" => batch = args.next().context("--batch N")?.parse()?,
+            _ => data = PathBuf::from(a),
+        }
+    }
+    let (paths, labels) = image_folder(&data)?;
+    let n = paths.len();
+    let (paths, labels): (Arc<[PathBuf]>, Arc<[i64]>) = (paths.into(), labels.into());
+    let p = Preprocess::default();
+    // RandomResizedCrop(224) + RandomHorizontalFlip + RandomVerticalFlip.
+    let train = Mode::Train { preprocess: p.clone(), augment: Augment::default(), seed: 0 };
+    let eval = Mode::Eval(p);
+    eprintln!("{n} images in {}", data.display());
+    for (name, mode) in [("train", train), ("eval", eval)] {
+        for &w in &workers {
+            // Warm-up: page cache, thread start-up, allocator.
+            run(&paths, &labels, (0..n.min(2 * batch)).collect(), mode.clone(), w, batch)?;
+            let (count, secs) = run(&paths, &labels, (0..n).collect(), mode.clone(), w, batch)?;
+            println!("sorbier {name} {w} {:.1}", count as f64 / secs);
+        }
+    }
+    Ok(())
+}
