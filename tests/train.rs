@@ -95,6 +95,9 @@ fn training_lowers_the_loss_and_writes_a_complete_run() {
     let leftovers: Vec<_> = std::fs::read_dir(&run).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().contains("next") || n.to_string_lossy().contains("tmp") || n == "commit.json").collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
+    // The report pictures are redrawn after each epoch.
+    assert!(run.join("curves.png").is_file());
+
     let cfg = RunConfig::load(&run).unwrap();
     assert_eq!(cfg.classes.len(), 5);
     assert_eq!(cfg.arch, sorbier::arch::Arch::Resnet18);

@@ -125,9 +125,18 @@ fn info(epoch: usize, m: &Metrics) -> CheckpointInfo {
     CheckpointInfo { epoch, metrics }
 }
 
+/// What the loop shows beside the run directory's files.
+#[derive(Clone, Copy, Debug)]
+pub struct Output {
+    /// Progress bars (hidden anyway when stderr is not a terminal).
+    pub progress: bool,
+    /// Redraw the training report pictures after each epoch.
+    pub report: bool,
+}
+
 /// Trains the run in `dir` (whose `config.json` is `cfg`): a new run from epoch 1, or with
 /// `resume` from the epoch after the last completed one.
-pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, resume: bool, progress: bool) -> Result<()> {
+pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, resume: bool, out: Output) -> Result<()> {
     if let Some(t) = rt.threads {
         tch::set_num_threads(t as i32);
     }
@@ -146,6 +155,14 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
             eprintln!("{}: {note}", dir.display());
         }
     }
+    // Killed before the first epoch completed: nothing to continue, start from the beginning.
+    let resume = resume && {
+        let has_state = dir.join(LAST_STATE_JSON).exists();
+        if !has_state {
+            eprintln!("{}: no completed epoch yet; starting from epoch 1", dir.display());
+        }
+        has_state
+    };
 
     let ds = Dataset::scan(&cfg.data_root)?;
     if ds.classes != cfg.classes {
@@ -270,7 +287,7 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
         let epoch_images = order.len();
         let mode = Mode::Train { preprocess: cfg.preprocess.clone(), augment: cfg.augment.clone(), seed: epoch_seed };
         let loader = Loader::new(paths.clone(), labels_i64.clone(), order, mode, loader_cfg(s.drop_last));
-        let bar = if progress { indicatif::ProgressBar::new(steps_per_epoch as u64) } else { indicatif::ProgressBar::hidden() };
+        let bar = if out.progress { indicatif::ProgressBar::new(steps_per_epoch as u64) } else { indicatif::ProgressBar::hidden() };
         bar.set_style(
             indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
@@ -421,8 +438,12 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
         if failures.count > 0 {
             eprintln!("warning: {} training image(s) could not be loaded this epoch", failures.count);
         }
-        // REPORT HOOK: once `crate::report::training::render_run(dir) -> Result<Vec<PathBuf>>`
-        // exists, call it here and print a warning on error (a report must never stop training).
+        // Pictures are a convenience: a failure to draw one must never stop training.
+        if out.report {
+            if let Err(e) = crate::report::training::render_run(dir) {
+                eprintln!("warning: could not draw the training report: {e:#}");
+            }
+        }
     }
     if let Some(b) = &best {
         println!("best {} {:.4} at epoch {}; run directory {}", s.best_metric.name(), b.value, b.epoch, dir.display());

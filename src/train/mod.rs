@@ -22,7 +22,7 @@ pub mod loss;
 pub mod optim;
 pub mod schedule;
 
-pub use fit::train_run;
+pub use fit::{train_run, Output};
 use loss::ClassWeights;
 use optim::{OptimConfig, OptimizerKind};
 use schedule::{ScheduleConfig, ScheduleKind};
@@ -222,6 +222,9 @@ pub struct TrainArgs {
     /// Do not show progress bars (summaries are still printed).
     #[arg(long)]
     pub quiet: bool,
+    /// Do not redraw the report pictures (curves, confusion matrix) after each epoch.
+    #[arg(long)]
+    pub no_report: bool,
 }
 
 /// Every hyper-parameter not already a field of [`RunConfig`]; stored as its `train` value.
@@ -336,6 +339,10 @@ impl TrainArgs {
         })
     }
 
+    fn output(&self) -> Output {
+        Output { progress: !self.quiet, report: !self.no_report }
+    }
+
     pub fn preprocess(&self) -> Preprocess {
         let mut p = Preprocess::for_crop(self.image_size);
         if let Some(r) = self.resize {
@@ -399,7 +406,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             cfg.data_root = crate::data::scan::resolve_train_dir(d);
         }
         cfg.train = serde_json::to_value(&settings)?;
-        return train_run(dir, &cfg, &settings, &runtime, true, !args.quiet);
+        return train_run(dir, &cfg, &settings, &runtime, true, args.output());
     }
     let out = args.out.as_ref().context("--out RUN_DIR is required (or --resume RUN_DIR)")?;
     if !is_empty_dir(out)? {
@@ -424,7 +431,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     cfg.save(out)?;
-    train_run(out, &cfg, &settings, &settings.runtime.clone(), false, !args.quiet)
+    train_run(out, &cfg, &settings, &settings.runtime.clone(), false, args.output())
 }
 
 #[cfg(test)]
