@@ -269,7 +269,7 @@ impl Canvas {
     }
 
     /// A filled rotated ellipse with a soft one-pixel edge.
-    fn ellipse(&mut self, cx: f32, cy: f32, a: f32, b: f32, angle: f32, c: [f32; 3], alpha: f32) {
+    fn ellipse(&mut self, (cx, cy): (f32, f32), (a, b): (f32, f32), angle: f32, c: [f32; 3], alpha: f32) {
         let (x0, y0, x1, y1) = self.bbox(cx, cy, a.max(b));
         let (s, co) = angle.sin_cos();
         for y in y0..y1 {
@@ -357,7 +357,7 @@ fn background(rng: &mut ChaCha8Rng, w: usize, h: usize) -> Canvas {
         let col = hsv(uniform(rng, 80.0, 130.0), uniform(rng, 0.3, 0.7), uniform(rng, 0.15, 0.5));
         let (cx, cy) = (uniform(rng, 0.0, w as f32), uniform(rng, 0.0, h as f32));
         let a = uniform(rng, 0.15, 0.4) * s;
-        c.ellipse(cx, cy, a, a * uniform(rng, 0.25, 0.45), uniform(rng, 0.0, PI), col, uniform(rng, 0.3, 0.7));
+        c.ellipse((cx, cy), (a, a * uniform(rng, 0.25, 0.45)), uniform(rng, 0.0, PI), col, uniform(rng, 0.3, 0.7));
     }
     c
 }
@@ -379,7 +379,7 @@ fn stem(c: &mut Canvas, rng: &mut ChaCha8Rng, cx: f32, cy: f32, r: f32) {
         // Leaves point sideways and up, 17–57° above the horizontal.
         let ang = uniform(rng, 0.3, 1.0);
         let (dx, dy) = (ang.cos() * len * side, -ang.sin() * len);
-        c.ellipse(lx + dx * 0.5, ly + dy * 0.5, len * 0.5, len * 0.18, dy.atan2(dx), green, 1.0);
+        c.ellipse((lx + dx * 0.5, ly + dy * 0.5), (len * 0.5, len * 0.18), dy.atan2(dx), green, 1.0);
     }
 }
 

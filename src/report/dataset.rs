@@ -201,7 +201,7 @@ fn sample_grid(path: &Path, ds: &Dataset, order: &[usize], opts: &DatasetReportO
         // An unreadable file shows as an empty grey cell; the title counts them.
         rows[row].1.push(t.unwrap_or_else(|| RgbImage::new(1, 1)));
     }
-    let mut title = format!("Sample images per class (images in brackets), largest class first");
+    let mut title = String::from("Sample images per class (images in brackets), largest class first");
     if shown.len() < ds.classes.len() {
         title.push_str(&format!("; {} of {} classes shown", shown.len(), ds.classes.len()));
     }
