@@ -376,19 +376,24 @@ fn evaluate_reports_metrics_and_writes_the_tables() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("ensemble") && text.contains("top-5") && text.contains("macro"), "{text}");
     let per = read_csv(&report.join("per_class.csv"));
-    assert_eq!(per[0], ["class", "images", "correct", "accuracy"]);
-    let images: usize = per[1..].iter().map(|r| r[1].parse::<usize>().unwrap()).sum();
+    assert_eq!(per[0], ["class", "train_size", "support", "correct", "accuracy"]);
+    let images: usize = per[1..].iter().map(|r| r[2].parse::<usize>().unwrap()).sum();
     assert_eq!(images, 9);
     let cm = read_csv(&report.join("confusion.csv"));
     let total: usize = cm[1..].iter().flat_map(|r| r[1..].iter().map(|v| v.parse::<usize>().unwrap())).sum();
     assert_eq!(total, 9);
     let diag: usize = (1..cm.len()).map(|i| cm[i][i].parse::<usize>().unwrap()).sum();
-    let correct: usize = per[1..].iter().map(|r| r[2].parse::<usize>().unwrap()).sum();
+    let correct: usize = per[1..].iter().map(|r| r[3].parse::<usize>().unwrap()).sum();
     assert_eq!(diag, correct);
     let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(report.join("metrics.json")).unwrap()).unwrap();
-    let top1 = metrics["ensemble"]["top1"].as_f64().unwrap();
+    let top1 = metrics["extra"]["ensemble"]["top1"].as_f64().unwrap();
     assert!((top1 - correct as f64 / 9.0).abs() < 1e-9);
+    assert!((metrics["top1"].as_f64().unwrap() - top1).abs() < 1e-9);
     assert!(report.join("most_confused.csv").exists());
+    for png in ["confusion.png", "per_class.png"] {
+        let img = image::open(report.join(png)).unwrap();
+        assert!(img.width() > 300 && img.height() > 300, "{png}");
+    }
 
     // A folder class the model does not know is an error naming it.
     std::fs::create_dir_all(data.join("cactus")).unwrap();

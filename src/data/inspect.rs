@@ -23,6 +23,12 @@ pub struct InspectArgs {
     /// Print the summary as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Also write pictures and tables (class sizes, sample grid, image sizes, statistics) here.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Class-size chart on a log scale (for long-tailed data).
+    #[arg(long)]
+    pub log_scale: bool,
 }
 
 /// The test half of a competition folder, when there is one.
@@ -76,6 +82,11 @@ pub fn summarize(ds: &Dataset, sizes_sample: Option<usize>) -> Result<Summary> {
 /// Scans `data_dir` (an ImageFolder tree or a competition folder) and summarises it, including
 /// the test folder of a competition layout.
 pub fn inspect(data_dir: &Path, sizes_sample: Option<usize>) -> Result<Summary> {
+    inspect_dataset(data_dir, sizes_sample).map(|(_, summary)| summary)
+}
+
+/// As [`inspect`], also returning the scanned training set (for reports that show images).
+pub fn inspect_dataset(data_dir: &Path, sizes_sample: Option<usize>) -> Result<(Dataset, Summary)> {
     let root = resolve_train_dir(data_dir);
     let ds = Dataset::scan(&root).with_context(|| format!("cannot inspect {}", data_dir.display()))?;
     let mut summary = summarize(&ds, sizes_sample)?;
@@ -92,11 +103,17 @@ pub fn inspect(data_dir: &Path, sizes_sample: Option<usize>) -> Result<Summary> 
             });
         }
     }
-    Ok(summary)
+    Ok((ds, summary))
 }
 
 pub fn run(args: &InspectArgs) -> Result<()> {
-    let summary = inspect(&args.data_dir, args.sizes_sample)?;
+    let (ds, summary) = inspect_dataset(&args.data_dir, args.sizes_sample)?;
+    if let Some(dir) = &args.report {
+        let opts = crate::report::dataset::DatasetReportOptions { log_scale: args.log_scale, ..Default::default() };
+        for p in crate::report::dataset::render(&ds, &summary, dir, &opts)? {
+            eprintln!("wrote {}", p.display());
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

@@ -22,7 +22,7 @@ pub struct EvaluateArgs {
     /// Labelled ImageFolder (<data>/<class>/<images>); a competition root with train/ is not assumed.
     #[arg(long)]
     pub data: PathBuf,
-    /// Write per_class.csv, confusion.csv, most_confused.csv and metrics.json here.
+    /// Write confusion.csv/png, per_class.csv/png, most_confused.csv and metrics.json here.
     #[arg(long)]
     pub report: Option<PathBuf>,
 }
@@ -114,44 +114,19 @@ pub fn run(args: &EvaluateArgs) -> Result<Evaluation> {
         }
     }
     if let Some(dir) = &args.report {
-        write_report(dir, &eval)?;
-        println!("report written to {}", dir.display());
+        for p in write_report(dir, &eval)? {
+            println!("wrote {}", p.display());
+        }
     }
     Ok(eval)
 }
 
-/// per_class.csv, confusion.csv, most_confused.csv, metrics.json.
-pub fn write_report(dir: &Path, eval: &Evaluation) -> Result<()> {
-    let save = |name: &str, bytes: Vec<u8>| crate::run::write_atomic(&dir.join(name), &bytes);
-    let per = per_class_accuracy(&eval.confusion);
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["class", "images", "correct", "accuracy"])?;
-    for (i, name) in eval.classes.iter().enumerate() {
-        let total: usize = eval.confusion[i].iter().sum();
-        let acc = per[i].map_or(String::new(), |a| format!("{a:.6}"));
-        w.write_record([name.clone(), total.to_string(), eval.confusion[i][i].to_string(), acc])?;
-    }
-    save("per_class.csv", w.into_inner().context("csv buffer")?)?;
-
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["actual\\predicted".to_string()];
-    header.extend(eval.classes.iter().cloned());
-    w.write_record(&header)?;
-    for (i, row) in eval.confusion.iter().enumerate() {
-        let mut rec = vec![eval.classes[i].clone()];
-        rec.extend(row.iter().map(|v| v.to_string()));
-        w.write_record(&rec)?;
-    }
-    save("confusion.csv", w.into_inner().context("csv buffer")?)?;
-
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["actual", "predicted", "count"])?;
-    for x in most_confused(&eval.confusion, 1) {
-        w.write_record([eval.classes[x.actual].as_str(), eval.classes[x.predicted].as_str(), &x.count.to_string()])?;
-    }
-    save("most_confused.csv", w.into_inner().context("csv buffer")?)?;
-    save("metrics.json", serde_json::to_vec_pretty(eval)?)?;
-    Ok(())
+/// The evaluation report: confusion.csv/png, per_class.csv/png, most_confused.csv and
+/// metrics.json (the confusion-matrix metrics, with every member's and the ensemble's top-1,
+/// top-5, macro accuracy and loss under `"extra"`), drawn by the shared report module.
+pub fn write_report(dir: &Path, eval: &Evaluation) -> Result<Vec<std::path::PathBuf>> {
+    let extra = serde_json::to_value(eval)?;
+    crate::report::evaluation::render_with_metrics(dir, &eval.classes, &eval.confusion, None, Some(&extra))
 }
 
 #[cfg(test)]
