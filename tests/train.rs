@@ -183,6 +183,86 @@ fn resume_reproduces_an_uninterrupted_run_even_after_kill_9() {
     assert_eq!(read_history(&c.join("history.csv")).unwrap().len(), 3);
 }
 
+/// Equal, counting NaN as equal to NaN (the validation columns of a run without validation).
+fn same_results(a: &[HistoryRow], b: &[HistoryRow]) -> bool {
+    let (ra, rb) = (results(a), results(b));
+    ra.len() == rb.len() && ra.iter().flatten().zip(rb.iter().flatten()).all(|(x, y)| x == y || (x.is_nan() && y.is_nan()))
+}
+
+#[test]
+fn val_fraction_zero_trains_on_every_image_and_keeps_the_last_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = subset(dir.path(), 5);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let with_all = |run: &Path, epochs: usize| {
+        let mut args = args_for(&data, run, epochs);
+        args.extend(["--val-fraction", "0", "--sampling", "shuffle", "--best-metric", "macro-acc"].iter().map(|s| s.to_string()));
+        args
+    };
+    let out = ok(&with_all(&a, 3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("25 training images, no validation split"), "{stdout}");
+    assert_eq!(stdout.matches("| train loss").count(), 3, "{stdout}");
+    assert!(!stdout.contains("val loss") && !stdout.contains("*best*"), "{stdout}");
+    assert!(stdout.contains("best.safetensors = last epoch"), "{stdout}");
+
+    let cfg = RunConfig::load(&a).unwrap();
+    assert!(!cfg.split.has_validation());
+    for f in ["config.json", "history.csv", "best.safetensors", "best.json", "last.safetensors", "last.json", "last.state.safetensors", "last.state.json", "curves.png", "report.html"] {
+        assert!(a.join(f).is_file(), "{f} missing");
+    }
+    for f in ["best_confusion.csv", "best_per_class.csv", "confusion.png", "commit.json"] {
+        assert!(!a.join(f).exists(), "{f} should not exist without validation");
+    }
+
+    // Every image trains: 25 images, shuffled, batches of 12 with the last one dropped.
+    let h = read_history(&a.join("history.csv")).unwrap();
+    assert_eq!(h.iter().map(|r| r.epoch).collect::<Vec<_>>(), [1, 2, 3]);
+    for r in &h {
+        assert!(r.val_loss.is_nan() && r.val_top1.is_nan() && r.val_top5.is_nan() && r.val_macro_acc.is_nan(), "{r:?}");
+        assert!(r.train_loss.is_finite() && (0.0..=1.0).contains(&r.train_acc), "{r:?}");
+    }
+
+    // best = last: same weights, same epoch, training numbers only (valid JSON, no NaN).
+    assert_same_weights(&a.join("best.safetensors"), &a.join("last.safetensors"));
+    let best = CheckpointInfo::load(&a.join("best.json")).unwrap();
+    assert_eq!(best, CheckpointInfo::load(&a.join("last.json")).unwrap());
+    assert_eq!(best.epoch, 3);
+    assert_eq!(best.metrics.keys().collect::<Vec<_>>(), ["train_acc", "train_loss"]);
+    assert!((best.metrics["train_loss"] - h[2].train_loss).abs() < 1e-12);
+
+    // The report draws from a history with empty validation columns.
+    let drawn = sorbier::report::training::render_run(&a).unwrap();
+    let names: Vec<String> = drawn.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["curves.png", "report.html"]);
+    let html = std::fs::read_to_string(a.join("report.html")).unwrap();
+    assert_eq!(html.matches("<tr><td>").count(), 3, "one history row per epoch:\n{html}");
+
+    // The run exports, with the training numbers and the epoch on the model card.
+    let model = sorbier::export::export_run(&a, sorbier::run::Checkpoint::Best, false).unwrap();
+    let meta = sorbier::export::model_meta(&model).unwrap();
+    assert_eq!(meta.metrics["epoch"], 3.0);
+    assert!((meta.metrics["train_loss"] - h[2].train_loss).abs() < 1e-12);
+
+    // Two epochs, then resumed to three: the same run as the uninterrupted one.
+    ok(&with_all(&b, 2));
+    let resume: Vec<String> = ["train", "--resume", b.to_str().unwrap(), "--epochs", "3", "--quiet"].iter().map(|s| s.to_string()).collect();
+    let out = ok(&resume);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resuming after epoch 2"));
+    let hb = read_history(&b.join("history.csv")).unwrap();
+    assert!(same_results(&hb, &h), "{hb:?}\n{h:?}");
+    assert_same_weights(&a.join("last.safetensors"), &b.join("last.safetensors"));
+    assert_same_weights(&b.join("best.safetensors"), &b.join("last.safetensors"));
+
+    // No validation metric can drive a plateau schedule.
+    let mut args = with_all(&dir.path().join("plateau"), 1);
+    args.extend(["--schedule".to_string(), "plateau".to_string()]);
+    let out = trainer(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("plateau"));
+    assert!(!dir.path().join("plateau").exists(), "a refused run leaves no directory");
+}
+
 #[test]
 fn bad_requests_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,9 @@
 //! indices round-robin into the folds, continuing where the previous class stopped, so fold
 //! sizes differ by at most one overall and per class.
 //!
+//! `val_fraction` 0 is the final-fit mode: no validation side, every image trains (what one does
+//! once the recipe is settled, and what the PyTorch reference recipe does with its train folder).
+//!
 //! A class with a single image always goes to `train` and is listed in `singletons`, in both
 //! modes (a validation-only class can never be learned). In k-fold, a class with fewer than
 //! `k` images (but at least two) has validation images in only some folds; it still has
@@ -25,10 +28,18 @@ pub const DEFAULT_VAL_FRACTION: f64 = 0.2;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SplitSpec {
-    /// Hold out `val_fraction` of each class (default 0.2).
+    /// Hold out `val_fraction` of each class (default 0.2); 0 = no validation side, every
+    /// sample trains.
     Holdout { val_fraction: f64, seed: u64 },
     /// Fold `fold` (0-based) of `folds` is the validation side.
     Kfold { folds: usize, fold: usize, seed: u64 },
+}
+
+impl SplitSpec {
+    /// False for the no-validation holdout (`val_fraction` 0), where every sample trains.
+    pub fn has_validation(&self) -> bool {
+        !matches!(*self, SplitSpec::Holdout { val_fraction, .. } if val_fraction == 0.0)
+    }
 }
 
 impl Default for SplitSpec {
@@ -49,11 +60,21 @@ pub struct Split {
 /// Splits according to `spec`. `labels[i]` is sample i's class; `num_classes` the class count.
 /// `train` and `val` come out sorted ascending.
 ///
-/// Errors: a label ≥ `num_classes`; a fraction outside (0, 1); fewer than 2 folds; `fold ≥
-/// folds`; more folds than samples; or a split whose validation side would be empty.
+/// `Holdout { val_fraction: 0.0, .. }` puts every sample in `train` (sorted; `val` and
+/// `singletons` empty).
+///
+/// Errors: a label ≥ `num_classes`; a fraction outside [0, 1); fewer than 2 folds; `fold ≥
+/// folds`; more folds than samples; no samples at all; or a split whose validation side would
+/// be empty although a validation side was asked for.
 pub fn split(labels: &[usize], num_classes: usize, spec: &SplitSpec) -> Result<Split> {
     if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= num_classes) {
         bail!("sample {i} has label {l} but there are only {num_classes} classes");
+    }
+    if !spec.has_validation() {
+        if labels.is_empty() {
+            bail!("there are no samples to train on");
+        }
+        return Ok(Split { train: (0..labels.len()).collect(), ..Split::default() });
     }
     let mut out = match *spec {
         SplitSpec::Holdout { val_fraction, seed } => holdout(labels, num_classes, val_fraction, seed)?,
@@ -99,7 +120,7 @@ fn shuffled_by_class(labels: &[usize], num_classes: usize, seed: u64) -> Vec<Vec
 
 fn holdout(labels: &[usize], num_classes: usize, frac: f64, seed: u64) -> Result<Split> {
     if !(frac > 0.0 && frac < 1.0) {
-        bail!("validation fraction must be strictly between 0 and 1, got {frac}");
+        bail!("validation fraction must be 0 (no validation) or strictly between 0 and 1, got {frac}");
     }
     let mut out = Split::default();
     for (c, idx) in shuffled_by_class(labels, num_classes, seed).into_iter().enumerate() {
@@ -219,7 +240,7 @@ mod tests {
     #[test]
     fn bad_specs_are_errors() {
         let l = labels(&[5, 5]);
-        for f in [0.0, 1.0, -0.1, f64::NAN] {
+        for f in [1.0, -0.1, f64::NAN] {
             assert!(split(&l, 2, &SplitSpec::Holdout { val_fraction: f, seed: 0 }).is_err(), "{f}");
         }
         let err = split(&l, 2, &SplitSpec::Kfold { folds: 1, fold: 0, seed: 0 }).unwrap_err();
@@ -231,6 +252,24 @@ mod tests {
         // Only single-image classes: nothing to validate on.
         let err = split(&[0, 1], 2, &SplitSpec::default()).unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn zero_fraction_trains_on_everything() {
+        let l = labels(&[2, 1, 0, 5]);
+        let spec = SplitSpec::Holdout { val_fraction: 0.0, seed: 4 };
+        assert!(!spec.has_validation());
+        assert!(SplitSpec::default().has_validation() && SplitSpec::Kfold { folds: 3, fold: 0, seed: 0 }.has_validation());
+        let s = split(&l, 4, &spec).unwrap();
+        assert_eq!(s.train, (0..l.len()).collect::<Vec<_>>());
+        assert!(s.val.is_empty() && s.singletons.is_empty());
+        // Even where every class is a singleton (an error with a validation side).
+        assert_eq!(split(&[0, 1], 2, &spec).unwrap().train, vec![0, 1]);
+        assert!(split(&[0, 2], 2, &spec).is_err(), "labels are still checked");
+        assert!(split(&[], 2, &spec).is_err());
+        // -0.0 is the same request; config.json keeps the plain holdout shape.
+        assert!(!SplitSpec::Holdout { val_fraction: -0.0, seed: 0 }.has_validation());
+        assert_eq!(serde_json::to_string(&spec).unwrap(), r#"{"kind":"holdout","val_fraction":0.0,"seed":4}"#);
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! checkpoints and resume (torchvision `references/classification/train.py`'s
 //! `train_one_epoch`/`evaluate` shape, with timm-style checkpointing).
 //!
+//! Without a validation side (`--val-fraction 0`, a final fit on every image) nothing picks a
+//! best epoch: `best.*` is the last epoch, the `.json` infos hold the training loss and
+//! accuracy, the history's validation columns are NaN, and no confusion matrix is written.
+//!
 //! Reproducibility: every random stream of epoch `e` — the sampling order, the augmentations
 //! (the loader's seed) and libtorch's generator (dropout) — is seeded from `(seed, e)` at the
 //! start of the epoch. Together with the weights, BatchNorm statistics, optimiser and schedule
@@ -116,6 +120,13 @@ fn metric_value(m: &Metrics, which: super::BestMetric) -> f64 {
     }
 }
 
+/// Checkpoint info without validation: the epoch's training numbers, under names that cannot
+/// be mistaken for validation metrics (and never NaN, which JSON cannot hold).
+fn train_info(epoch: usize, train_loss: f64, train_acc: f64) -> CheckpointInfo {
+    let metrics = [("train_loss".to_string(), train_loss), ("train_acc".to_string(), train_acc)].into_iter().filter(|(_, v)| v.is_finite()).collect();
+    CheckpointInfo { epoch, metrics }
+}
+
 fn info(epoch: usize, m: &Metrics) -> CheckpointInfo {
     let mut metrics = std::collections::BTreeMap::new();
     metrics.insert("top1".to_string(), m.top1);
@@ -140,6 +151,8 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
     if let Some(t) = rt.threads {
         tch::set_num_threads(t as i32);
     }
+    super::check_split(&cfg.split, s)?;
+    let validate = cfg.split.has_validation();
     let device = model::select_device(&rt.device)?;
     let amp = s.amp && device.is_cuda();
     if s.amp && !amp {
@@ -196,7 +209,17 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
     }
     let paths: Arc<[PathBuf]> = ds.paths().into();
     let labels_i64: Arc<[i64]> = labels.iter().map(|&l| l as i64).collect();
-    println!("{}: {} classes, {} training and {} validation images", cfg.data_root.display(), nc, split.train.len(), split.val.len());
+    if validate {
+        println!("{}: {} classes, {} training and {} validation images", cfg.data_root.display(), nc, split.train.len(), split.val.len());
+    } else {
+        println!(
+            "{}: {} classes, {} training images, no validation split (--val-fraction 0): best.safetensors is the last epoch, --best-metric {} is not used",
+            cfg.data_root.display(),
+            nc,
+            split.train.len(),
+            s.best_metric.name()
+        );
+    }
 
     // Model, initialised from the run's seed (then optionally overwritten by pretrained weights).
     tch::manual_seed(cfg.seed as i64);
@@ -364,43 +387,59 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
         let train_loss = loss_sum.double_value(&[]) / seen as f64;
         let train_acc = correct.int64_value(&[]) as f64 / seen as f64;
 
-        let val_loader = Loader::new(paths.clone(), labels_i64.clone(), split.val.clone(), Mode::Eval(cfg.preprocess.clone()), loader_cfg(false));
-        let acc = evaluate(&net, val_loader, nc, device, amp, split.val.len())?;
-        let m = acc.finish();
-        let value = metric_value(&m, s.best_metric);
-        schedule.end_epoch(value);
-        let improved = !value.is_nan()
-            && match &best {
-                None => true,
-                Some(b) if s.best_metric.maximize() => value > b.value,
-                Some(b) => value < b.value,
-            };
-        if improved {
-            best = Some(Best { epoch: epoch + 1, value });
+        // Without validation the last epoch is the best one, and `best` stays None: there is
+        // no metric value to record or compare.
+        let val = if validate {
+            let val_loader = Loader::new(paths.clone(), labels_i64.clone(), split.val.clone(), Mode::Eval(cfg.preprocess.clone()), loader_cfg(false));
+            let acc = evaluate(&net, val_loader, nc, device, amp, split.val.len())?;
+            let m = acc.finish();
+            Some((acc, m))
+        } else {
+            None
+        };
+        let mut improved = true;
+        if let Some((_, m)) = &val {
+            let value = metric_value(m, s.best_metric);
+            schedule.end_epoch(value);
+            improved = !value.is_nan()
+                && match &best {
+                    None => true,
+                    Some(b) if s.best_metric.maximize() => value > b.value,
+                    Some(b) => value < b.value,
+                };
+            if improved {
+                best = Some(Best { epoch: epoch + 1, value });
+            }
         }
+        let vm = val.as_ref().map(|(_, m)| m);
         let row = HistoryRow {
             epoch: epoch + 1,
             lr: lr_first,
             train_loss,
             train_acc,
-            val_loss: m.loss.unwrap_or(f64::NAN),
-            val_top1: m.top1,
-            val_top5: m.top5,
-            val_macro_acc: m.macro_acc,
+            val_loss: vm.and_then(|m| m.loss).unwrap_or(f64::NAN),
+            val_top1: vm.map_or(f64::NAN, |m| m.top1),
+            val_top5: vm.map_or(f64::NAN, |m| m.top5),
+            val_macro_acc: vm.map_or(f64::NAN, |m| m.macro_acc),
             train_images_per_s: seen as f64 / train_seconds.max(1e-9),
             seconds: started.elapsed().as_secs_f64(),
         };
         history.push(row.clone());
 
         // One commit per epoch: see `files` for why a kill -9 cannot leave a mix of epochs.
-        let ck = info(epoch + 1, &m);
+        let ck = match vm {
+            Some(m) => info(epoch + 1, m),
+            None => train_info(epoch + 1, train_loss, train_acc),
+        };
         let mut commit = Commit::new(dir);
         if improved {
             model::save_safetensors(&vs, &commit.path("best.safetensors"))?;
             commit.add("best.safetensors");
             commit.bytes("best.json", serde_json::to_string_pretty(&ck)?.as_bytes())?;
-            commit.bytes(BEST_CONFUSION, &files::confusion_csv(&cfg.classes, acc.confusion())?)?;
-            commit.bytes(BEST_PER_CLASS, &files::per_class_csv(&cfg.classes, &train_sizes, acc.confusion())?)?;
+            if let Some((acc, _)) = &val {
+                commit.bytes(BEST_CONFUSION, &files::confusion_csv(&cfg.classes, acc.confusion())?)?;
+                commit.bytes(BEST_PER_CLASS, &files::per_class_csv(&cfg.classes, &train_sizes, acc.confusion())?)?;
+            }
         }
         model::save_safetensors(&vs, &commit.path("last.safetensors"))?;
         commit.add("last.safetensors");
@@ -420,20 +459,23 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
         commit.bytes(LAST_STATE_JSON, serde_json::to_string_pretty(&state)?.as_bytes())?;
         commit.finish()?;
 
+        let val_part = match vm {
+            Some(_) => format!(
+                " | val loss {:.4} top1 {:.4} top5 {:.4} macro {:.4}",
+                row.val_loss, row.val_top1, row.val_top5, row.val_macro_acc
+            ),
+            None => String::new(),
+        };
         println!(
-            "epoch {}/{} lr {:.3e} | train loss {:.4} acc {:.4} | val loss {:.4} top1 {:.4} top5 {:.4} macro {:.4} | {:.1} img/s {:.1}s{}",
+            "epoch {}/{} lr {:.3e} | train loss {:.4} acc {:.4}{val_part} | {:.1} img/s {:.1}s{}",
             epoch + 1,
             s.epochs,
             row.lr,
             row.train_loss,
             row.train_acc,
-            row.val_loss,
-            row.val_top1,
-            row.val_top5,
-            row.val_macro_acc,
             row.train_images_per_s,
             row.seconds,
-            if improved { " *best*" } else { "" }
+            if improved && validate { " *best*" } else { "" }
         );
         if failures.count > 0 {
             eprintln!("warning: {} training image(s) could not be loaded this epoch", failures.count);
@@ -447,6 +489,8 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
     }
     if let Some(b) = &best {
         println!("best {} {:.4} at epoch {}; run directory {}", s.best_metric.name(), b.value, b.epoch, dir.display());
+    } else if !validate {
+        println!("trained on every image for {} epochs (no validation); best.safetensors = last epoch; run directory {}", s.epochs, dir.display());
     }
     Ok(())
 }

@@ -170,7 +170,9 @@ pub struct TrainArgs {
     /// Images per epoch as a multiple of the training split's size (weighted sampling).
     #[arg(long, default_value_t = 1.0)]
     pub samples_multiplier: f64,
-    /// Validation fraction of the stratified holdout split.
+    /// Validation fraction of the stratified holdout split. 0 = no validation split: every
+    /// image trains (a final fit once the recipe is settled); best.safetensors is then the last
+    /// epoch, --best-metric is not used and --schedule plateau is unavailable.
     #[arg(long, default_value_t = 0.2)]
     pub val_fraction: f64,
     /// Stratified k-fold instead of a holdout: number of folds.
@@ -195,7 +197,8 @@ pub struct TrainArgs {
     /// Mixed precision (CUDA fp16 autocast with dynamic loss scaling). Off by default.
     #[arg(long)]
     pub amp: bool,
-    /// Validation metric that picks best.safetensors (and drives --schedule plateau).
+    /// Validation metric that picks best.safetensors (and drives --schedule plateau). Not used
+    /// with --val-fraction 0.
     #[arg(long, value_enum, default_value_t = BestMetric::Top1)]
     pub best_metric: BestMetric,
     /// No random horizontal flips.
@@ -363,12 +366,30 @@ impl TrainArgs {
         }
     }
 
+    /// The split, checked against the settings that need a validation side.
+    pub fn checked_split_spec(&self, settings: &TrainSettings) -> Result<SplitSpec> {
+        let spec = self.split_spec();
+        if self.folds.is_some() && self.val_fraction == 0.0 {
+            bail!("--val-fraction 0 (no validation) and --folds contradict each other: choose one");
+        }
+        check_split(&spec, settings)?;
+        Ok(spec)
+    }
+
     pub fn split_spec(&self) -> SplitSpec {
         match self.folds {
             Some(folds) => SplitSpec::Kfold { folds, fold: self.fold, seed: self.seed },
             None => SplitSpec::Holdout { val_fraction: self.val_fraction, seed: self.seed },
         }
     }
+}
+
+/// Settings that cannot work without a validation side.
+pub fn check_split(spec: &SplitSpec, settings: &TrainSettings) -> Result<()> {
+    if !spec.has_validation() && settings.schedule.kind == ScheduleKind::Plateau {
+        bail!("--schedule plateau follows a validation metric, and --val-fraction 0 leaves none: use step, cosine or none");
+    }
+    Ok(())
 }
 
 /// True when `dir` is missing or an empty directory.
@@ -415,6 +436,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let data = args.data_dir.as_ref().context("the dataset folder (DATA_DIR) is required")?;
     let root = crate::data::scan::resolve_train_dir(data);
     let settings = args.settings()?;
+    let split = args.checked_split_spec(&settings)?;
     let ds = crate::data::Dataset::scan(&root)?;
     let cfg = RunConfig {
         sorbier_version: crate::VERSION.to_string(),
@@ -424,7 +446,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         preprocess: args.preprocess(),
         augment: args.augment(),
         seed: args.seed,
-        split: args.split_spec(),
+        split,
         data_root: root,
         data_fingerprint: ds.fingerprint()?,
         train: serde_json::to_value(&settings)?,
@@ -460,6 +482,22 @@ mod tests {
         assert!(Cli::try_parse_from(["t", "--resume", "r", "--out", "x"]).is_err());
         let bad = Cli::parse_from(["t", "d", "--out", "r", "--nesterov"]).args.settings().unwrap();
         assert!(optim::Optimizer::new(bad.optimizer, vec![]).is_err(), "nesterov needs sgd");
+    }
+
+    #[test]
+    fn zero_val_fraction_is_a_no_validation_holdout() {
+        let spec = |argv: &[&str]| {
+            let a = Cli::parse_from(["t", "d", "--out", "r"].iter().chain(argv)).args;
+            a.checked_split_spec(&a.settings().unwrap())
+        };
+        let all = spec(&["--val-fraction", "0", "--seed", "2"]).unwrap();
+        assert_eq!(all, SplitSpec::Holdout { val_fraction: 0.0, seed: 2 });
+        assert!(!all.has_validation());
+        assert!(spec(&[]).unwrap().has_validation());
+        let err = spec(&["--val-fraction", "0", "--schedule", "plateau"]).unwrap_err().to_string();
+        assert!(err.contains("plateau") && err.contains("--val-fraction 0"), "{err}");
+        assert!(spec(&["--val-fraction", "0", "--folds", "5"]).unwrap_err().to_string().contains("--folds"));
+        assert!(spec(&["--schedule", "plateau"]).is_ok());
     }
 }
 
