@@ -21,7 +21,9 @@ pub struct ModelMeta {
     pub arch: String,
     /// Eval preprocessing: resize, crop (= input size), interpolation, mean, std.
     pub preprocess: Preprocess,
-    /// Validation metrics of the exported checkpoint (`top1`, `top5`, `macro_acc`, `loss`, `epoch`).
+    /// Metrics of the exported checkpoint and its `epoch`: validation `top1`, `top5`,
+    /// `macro_acc`, `loss`; or `train_acc`, `train_loss` for a run trained without a
+    /// validation split (`--val-fraction 0`).
     pub metrics: BTreeMap<String, f64>,
     /// Fingerprint of the training data (see `data::Dataset::fingerprint`).
     pub data_fingerprint: String,

@@ -167,16 +167,7 @@ pub fn render(s: &Summary) -> String {
     }
     let d = &s.class_sizes;
     out.push_str("\nclass sizes\n");
-    for (k, v) in [
-        ("count", d.count as f64),
-        ("mean", d.mean),
-        ("std", d.std),
-        ("min", d.min),
-        ("25%", d.q25),
-        ("50%", d.q50),
-        ("75%", d.q75),
-        ("max", d.max),
-    ] {
+    for (k, v) in std::iter::once(("count", d.count as f64)).chain(d.rows()) {
         out.push_str(&format!("  {k:<6} {:>10}\n", fmt_num(v)));
     }
     out.push_str(&format!("  max/min {:>8}\n", fmt_num(d.imbalance)));

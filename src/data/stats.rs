@@ -52,6 +52,21 @@ pub struct Describe {
     pub imbalance: f64,
 }
 
+impl Describe {
+    /// `mean, std, min, 25%, 50%, 75%, max` with pandas' labels, in pandas' order.
+    pub fn rows(&self) -> [(&'static str, f64); 7] {
+        [
+            ("mean", self.mean),
+            ("std", self.std),
+            ("min", self.min),
+            ("25%", self.q25),
+            ("50%", self.q50),
+            ("75%", self.q75),
+            ("max", self.max),
+        ]
+    }
+}
+
 /// pandas `describe()` of `values`. With no values every statistic is NaN and count is 0.
 pub fn describe(values: &[f64]) -> Describe {
     let n = values.len();

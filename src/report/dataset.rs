@@ -117,16 +117,7 @@ fn stats_csv(s: &Summary) -> String {
         ("images".into(), s.num_images.to_string()),
         ("class_size_count".into(), d.count.to_string()),
     ];
-    for (k, v) in [
-        ("mean", d.mean),
-        ("std", d.std),
-        ("min", d.min),
-        ("25%", d.q25),
-        ("50%", d.q50),
-        ("75%", d.q75),
-        ("max", d.max),
-        ("max/min", d.imbalance),
-    ] {
+    for (k, v) in d.rows().into_iter().chain([("max/min", d.imbalance)]) {
         rows.push((format!("class_size_{k}"), format!("{v}")));
     }
     if let Some(z) = &s.image_sizes {

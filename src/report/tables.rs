@@ -57,20 +57,15 @@ pub struct ConfusedPair {
 /// Off-diagonal cells with a count of at least one, most frequent first, then by share of the
 /// actual class, then by names; at most `limit`.
 pub fn most_confused(classes: &[String], cm: &[Vec<usize>], limit: usize) -> Vec<ConfusedPair> {
-    let mut out = Vec::new();
-    for (a, row) in cm.iter().enumerate() {
-        let total: usize = row.iter().sum();
-        for (p, &n) in row.iter().enumerate() {
-            if p != a && n > 0 {
-                out.push(ConfusedPair {
-                    actual: classes[a].clone(),
-                    predicted: classes[p].clone(),
-                    count: n,
-                    share_of_actual: n as f64 / total as f64,
-                });
-            }
-        }
-    }
+    let mut out: Vec<ConfusedPair> = crate::metrics::most_confused(cm, 1)
+        .into_iter()
+        .map(|c| ConfusedPair {
+            actual: classes[c.actual].clone(),
+            predicted: classes[c.predicted].clone(),
+            count: c.count,
+            share_of_actual: c.count as f64 / cm[c.actual].iter().sum::<usize>() as f64,
+        })
+        .collect();
     out.sort_by(|x, y| {
         y.count
             .cmp(&x.count)
