@@ -11,6 +11,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::run::HistoryRow;
+
 /// Each row divided by its sum (a row with no images stays all zero).
 pub fn row_normalise(cm: &[Vec<usize>]) -> Vec<Vec<f64>> {
     cm.iter()
@@ -141,19 +143,6 @@ pub fn confusion_metrics(cm: &[Vec<usize>]) -> ConfusionMetrics {
     }
 }
 
-/// One epoch of `history.csv`. Columns other than `epoch` may be missing (NaN then).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct HistoryRow {
-    pub epoch: f64,
-    pub lr: f64,
-    pub train_loss: f64,
-    pub train_acc: f64,
-    pub val_loss: f64,
-    pub val_top1: f64,
-    pub val_top5: f64,
-    pub val_macro_acc: f64,
-}
-
 fn parse_f64(s: &str) -> Option<f64> {
     let s = s.trim();
     if s.is_empty() || s.eq_ignore_ascii_case("nan") {
@@ -163,7 +152,8 @@ fn parse_f64(s: &str) -> Option<f64> {
     }
 }
 
-/// Reads `history.csv` (header row; columns found by name, unknown columns ignored).
+/// Reads `history.csv` leniently for drawing: columns found by name, unknown columns ignored,
+/// missing ones NaN (the trainer's strict reader is `run::read_history`).
 pub fn read_history(path: &Path) -> Result<Vec<HistoryRow>> {
     let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot open {}", path.display()))?;
     let headers = rdr.headers().with_context(|| format!("cannot read the header of {}", path.display()))?.clone();
@@ -180,8 +170,12 @@ pub fn read_history(path: &Path) -> Result<Vec<HistoryRow>> {
                 Some(s) => parse_f64(s).with_context(|| format!("{} row {}: `{name}` is not a number: {s:?}", path.display(), i + 2)),
             }
         };
+        let epoch = get("epoch")?;
+        if !(epoch >= 0.0 && epoch.fract() == 0.0) {
+            bail!("{} row {}: `epoch` is not a whole number: {epoch}", path.display(), i + 2);
+        }
         rows.push(HistoryRow {
-            epoch: get("epoch")?,
+            epoch: epoch as usize,
             lr: get("lr")?,
             train_loss: get("train_loss")?,
             train_acc: get("train_acc")?,
@@ -189,6 +183,8 @@ pub fn read_history(path: &Path) -> Result<Vec<HistoryRow>> {
             val_top1: get("val_top1")?,
             val_top5: get("val_top5")?,
             val_macro_acc: get("val_macro_acc")?,
+            train_images_per_s: get("train_images_per_s")?,
+            seconds: get("seconds")?,
         });
     }
     Ok(rows)

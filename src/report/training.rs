@@ -21,7 +21,8 @@ use anyhow::{bail, Context, Result};
 
 use super::draw::{self, Panel, Series, PALETTE};
 use super::evaluation;
-use super::tables::{self, HistoryRow, PerClass};
+use super::tables::{self, PerClass};
+use crate::run::HistoryRow;
 
 pub const HISTORY: &str = "history.csv";
 pub const BEST_CONFUSION: &str = "best_confusion.csv";
@@ -96,7 +97,7 @@ fn check_agree(classes: &[String], cm: &[Vec<usize>], pc: &[PerClass], cm_path: 
 }
 
 fn series(name: &str, color: usize, h: &[HistoryRow], f: impl Fn(&HistoryRow) -> f64) -> Series {
-    Series { name: name.into(), points: h.iter().map(|r| (r.epoch, f(r))).collect(), color: PALETTE[color] }
+    Series { name: name.into(), points: h.iter().map(|r| (r.epoch as f64, f(r))).collect(), color: PALETTE[color] }
 }
 
 /// Loss, accuracy and LR panels.
@@ -203,7 +204,7 @@ fn html(run_dir: &Path, h: &[HistoryRow], written: &[PathBuf], confused: &[table
     for r in h {
         s.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-            fmt(r.epoch),
+            r.epoch,
             fmt(r.lr),
             fmt(r.train_loss),
             fmt(r.train_acc),

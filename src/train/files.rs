@@ -117,49 +117,7 @@ pub fn recover(dir: &Path) -> Result<Option<String>> {
     Ok(note)
 }
 
-/// One row of `history.csv`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HistoryRow {
-    pub epoch: usize,
-    pub lr: f64,
-    pub train_loss: f64,
-    pub train_acc: f64,
-    pub val_loss: f64,
-    pub val_top1: f64,
-    pub val_top5: f64,
-    pub val_macro_acc: f64,
-    pub train_images_per_s: f64,
-    pub seconds: f64,
-}
-
-pub fn history_csv(rows: &[HistoryRow]) -> Result<Vec<u8>> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    if rows.is_empty() {
-        w.write_record(HISTORY_COLUMNS)?;
-    }
-    for r in rows {
-        w.serialize(r)?;
-    }
-    w.into_inner().context("cannot format history.csv")
-}
-
-pub const HISTORY_COLUMNS: [&str; 10] = [
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_top1",
-    "val_top5",
-    "val_macro_acc",
-    "train_images_per_s",
-    "seconds",
-];
-
-pub fn read_history(path: &Path) -> Result<Vec<HistoryRow>> {
-    let mut r = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
-    r.deserialize().collect::<std::result::Result<Vec<HistoryRow>, _>>().with_context(|| format!("{} is not a sorbier history", path.display()))
-}
+pub use crate::run::{history_csv, read_history, HistoryRow, HISTORY_COLUMNS};
 
 /// `true\pred,<classes…>` then one row of counts per true class.
 pub fn confusion_csv(classes: &[String], cm: &[Vec<usize>]) -> Result<Vec<u8>> {
