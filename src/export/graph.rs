@@ -315,7 +315,7 @@ pub fn build_model(spec: &ResNetSpec, weights: &StateDict, meta: &ModelMeta, fp1
 mod tests {
     use super::*;
     use crate::arch::Arch;
-    use crate::export::weights::Tensor;
+    use crate::export::weights::tests::filled;
     use crate::transforms::Preprocess;
 
     #[test]
@@ -342,20 +342,10 @@ mod tests {
         }
     }
 
-    fn ones(spec: &ResNetSpec) -> StateDict {
-        spec.tensors()
-            .into_iter()
-            .map(|(n, s)| {
-                let len = s.iter().product();
-                (n, Tensor { shape: s, data: vec![1.0; len] })
-            })
-            .collect()
-    }
-
     #[test]
     fn graph_has_expected_nodes_and_no_batchnorm() {
         let spec = Arch::Resnet18.spec(4);
-        let m = build_model(&spec, &ones(&spec), &meta(4), false).unwrap();
+        let m = build_model(&spec, &filled(&spec, 1.0), &meta(4), false).unwrap();
         let g = m.graph.as_ref().unwrap();
         let count = |op: &str| g.node.iter().filter(|n| n.op_type.as_deref() == Some(op)).count();
         // stem + 16 block convs + 3 downsamples
@@ -383,7 +373,7 @@ mod tests {
     #[test]
     fn fp16_casts_io_and_halves_weights() {
         let spec = Arch::Resnet18.spec(4);
-        let m = build_model(&spec, &ones(&spec), &meta(4), true).unwrap();
+        let m = build_model(&spec, &filled(&spec, 1.0), &meta(4), true).unwrap();
         let g = m.graph.as_ref().unwrap();
         assert_eq!(g.node.first().unwrap().op_type.as_deref(), Some("Cast"));
         assert_eq!(g.node.last().unwrap().op_type.as_deref(), Some("Cast"));
@@ -397,7 +387,7 @@ mod tests {
     #[test]
     fn fp16_overflow_is_an_error() {
         let spec = Arch::Resnet18.spec(4);
-        let mut w = ones(&spec);
+        let mut w = filled(&spec, 1.0);
         // A dead channel (variance 0) scales its weights by 1/√ε ≈ 316: 1000 → 316 228.
         w.get_mut("layer3.1.conv2.weight").unwrap().data[0] = 1000.0;
         w.get_mut("layer3.1.bn2.running_var").unwrap().data[0] = 0.0;
@@ -409,7 +399,7 @@ mod tests {
     #[test]
     fn metadata_must_agree_with_spec() {
         let spec = Arch::Resnet18.spec(4);
-        let err = build_model(&spec, &ones(&spec), &meta(5), false).unwrap_err();
+        let err = build_model(&spec, &filled(&spec, 1.0), &meta(5), false).unwrap_err();
         assert!(format!("{err:#}").contains("5 classes"), "{err:#}");
     }
 }

@@ -116,16 +116,17 @@ pub fn check_state_dict(spec: &ResNetSpec, weights: &StateDict) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::arch::Arch;
 
-    fn zeros(spec: &ResNetSpec) -> StateDict {
+    /// Every tensor of `spec`, each filled with `value`.
+    pub(crate) fn filled(spec: &ResNetSpec, value: f32) -> StateDict {
         spec.tensors()
             .into_iter()
             .map(|(n, s)| {
                 let len = s.iter().product();
-                (n, Tensor { shape: s, data: vec![0.0; len] })
+                (n, Tensor { shape: s, data: vec![value; len] })
             })
             .collect()
     }
@@ -133,7 +134,7 @@ mod tests {
     #[test]
     fn complete_state_dict_passes_and_ignores_step_counter() {
         let spec = Arch::Resnet18.spec(3);
-        let mut w = zeros(&spec);
+        let mut w = filled(&spec, 0.0);
         w.insert("bn1.num_batches_tracked".into(), Tensor { shape: vec![], data: vec![0.0] });
         check_state_dict(&spec, &w).unwrap();
     }
@@ -141,7 +142,7 @@ mod tests {
     #[test]
     fn mismatches_are_all_listed() {
         let spec = Arch::Resnet18.spec(3);
-        let mut w = zeros(&spec);
+        let mut w = filled(&spec, 0.0);
         w.remove("layer2.0.downsample.1.running_var");
         w.insert("fc.weight".into(), Tensor { shape: vec![5, 512], data: vec![0.0; 5 * 512] });
         w.insert("head.weight".into(), Tensor { shape: vec![1], data: vec![0.0] });
