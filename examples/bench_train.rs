@@ -31,9 +31,8 @@ struct Bench {
 impl Bench {
     fn step(&mut self, x: &Tensor, y: &Tensor) {
         let loss = self.net.forward_t(x, true).cross_entropy_for_logits(y);
-        self.opt.zero_grad();
-        loss.backward();
-        self.opt.step(1e-3);
+        let grads = self.opt.gradients(&loss).expect("backward");
+        self.opt.step(&grads, 1e-3).expect("step");
     }
     fn sync(&self) {
         if let Device::Cuda(i) = self.device {

@@ -243,7 +243,6 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
         (n, v, decay)
     });
     let mut opt = Optimizer::new(s.optimizer.clone(), params.collect())?;
-    let opt_vars = opt.vars();
 
     let epoch_samples = match s.sampling {
         Sampling::Weighted => sampler::num_samples(split.train.len(), s.samples_multiplier),
@@ -338,11 +337,10 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
             let lr = schedule.lr(epoch, step);
             let logits = if amp { tch::autocast(true, || net.forward_t(&x, true)).to_kind(Kind::Float) } else { net.forward_t(&x, true) };
             let loss = loss::cross_entropy(&logits, &y, class_weight.as_ref(), s.label_smoothing);
-            opt.zero_grad();
             let mut take_step = true;
-            if amp {
-                (&loss * loss_scale).backward();
-                take_step = unscale_grads(&opt_vars, loss_scale)?;
+            let grads = if amp {
+                let grads = opt.gradients(&(&loss * loss_scale))?;
+                take_step = unscale_grads(&grads, loss_scale)?;
                 if take_step {
                     good_steps += 1;
                     if good_steps == AMP_GROWTH_INTERVAL {
@@ -353,18 +351,20 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
                     loss_scale /= 2.0;
                     good_steps = 0;
                 }
+                grads
             } else {
-                loss.backward();
-            }
+                opt.gradients(&loss)?
+            };
             if take_step {
                 if let Some(v) = s.clip_value {
-                    optim::clip_grad_value(&opt_vars, v);
+                    optim::clip_grad_value(&grads, v);
                 }
                 if let Some(n) = s.clip_norm {
-                    optim::clip_grad_norm(&opt_vars, n)?;
+                    optim::clip_grad_norm(&grads, n)?;
                 }
-                opt.step(lr);
+                opt.step(&grads, lr)?;
             }
+            drop(grads);
             global_step += 1;
             let n = batch.len();
             seen += n;
@@ -496,11 +496,11 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
 }
 
 /// AMP: divides the gradients by the loss scale; `false` (skip the step) if any is not finite.
-fn unscale_grads(vars: &[Tensor], scale: f64) -> Result<bool> {
+fn unscale_grads(grads: &[Tensor], scale: f64) -> Result<bool> {
     tch::no_grad(|| {
         let mut finite = Vec::new();
-        for v in vars {
-            let mut g = v.grad();
+        for g in grads {
+            let mut g = g.shallow_clone();
             if g.defined() {
                 let _ = g.g_mul_scalar_(1.0 / scale);
                 finite.push(g.isfinite().all().to_kind(Kind::Float));

@@ -74,6 +74,9 @@ impl Optimizer {
         if config.nesterov && (config.kind != OptimizerKind::Sgd || config.momentum <= 0.0) {
             bail!("--nesterov needs --optimizer sgd with --momentum > 0");
         }
+        if let Some((name, _, _)) = params.iter().find(|(_, v, _)| !v.requires_grad()) {
+            bail!("{name} does not require a gradient and cannot be optimised");
+        }
         let params = params
             .into_iter()
             .map(|(name, var, decay)| Param { name, var, decay, step: 0, exp_avg: None, exp_avg_sq: None, momentum_buffer: None })
@@ -81,34 +84,38 @@ impl Optimizer {
         Ok(Optimizer { config, params })
     }
 
-    /// The optimised variables (for clipping and zeroing gradients).
-    pub fn vars(&self) -> Vec<Tensor> {
-        self.params.iter().map(|p| p.var.shallow_clone()).collect()
+    /// Gradients of `loss` with respect to the optimised variables, in their order, from the
+    /// autograd engine without touching the variables' `.grad` (as `torch.autograd.grad`):
+    /// nothing to zero before the backward pass and no accumulation pass over every gradient
+    /// after it — what `zero_grad(set_to_none=True)`, PyTorch's default, buys it. A variable
+    /// the loss does not reach gets an undefined tensor, which [`step`](Self::step) skips.
+    pub fn gradients(&self, loss: &Tensor) -> Result<Vec<Tensor>> {
+        let vars: Vec<&Tensor> = self.params.iter().map(|p| &p.var).collect();
+        Tensor::f_run_backward(&[loss], &vars, false, false).context("the backward pass failed")
     }
 
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.var.zero_grad();
+    /// One update with learning rate `lr` from `grads` (one per variable, as
+    /// [`gradients`](Self::gradients) returns them); undefined gradients are skipped, as torch
+    /// skips variables whose `.grad` is `None`.
+    pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+        if grads.len() != self.params.len() {
+            bail!("{} gradients for {} optimised variables", grads.len(), self.params.len());
         }
-    }
-
-    /// One update with learning rate `lr`; variables without a gradient are skipped, as torch does.
-    pub fn step(&mut self, lr: f64) {
         let c = self.config.clone();
         tch::no_grad(|| {
-            for p in &mut self.params {
-                let grad = p.var.grad();
+            for (p, grad) in self.params.iter_mut().zip(grads) {
                 if !grad.defined() {
                     continue;
                 }
                 let wd = if p.decay { c.weight_decay } else { 0.0 };
                 p.step += 1;
                 match c.kind {
-                    OptimizerKind::Adam | OptimizerKind::Adamw => adam(p, &grad, lr, wd, &c),
-                    OptimizerKind::Sgd => sgd(p, &grad, lr, wd, &c),
+                    OptimizerKind::Adam | OptimizerKind::Adamw => adam(p, grad, lr, wd, &c),
+                    OptimizerKind::Sgd => sgd(p, grad, lr, wd, &c),
                 }
             }
-        })
+        });
+        Ok(())
     }
 
     /// State tensors under `exp_avg/<name>`, `exp_avg_sq/<name>`, `momentum_buffer/<name>`.
@@ -184,10 +191,13 @@ fn adam(p: &mut Param, grad: &Tensor, lr: f64, wd: f64, c: &OptimConfig) {
     let bias_correction1 = 1.0 - b1.powf(t);
     let bias_correction2_sqrt = (1.0 - b2.powf(t)).sqrt();
     let step_size = lr / bias_correction1;
-    let denom = (v.sqrt() / bias_correction2_sqrt) + c.eps;
-    let m = p.exp_avg.as_ref().map(|m| m * -step_size);
-    if let Some(m) = m {
-        let _ = var.addcdiv_(&m, &denom);
+    // denom = √v / √(1−β2^t) + ε, built in one buffer; then p += m / (denom / −step_size).
+    let mut denom = v.sqrt();
+    let _ = denom.g_div_scalar_(bias_correction2_sqrt);
+    let _ = denom.g_add_scalar_(c.eps);
+    let _ = denom.g_div_scalar_(-step_size);
+    if let Some(m) = &p.exp_avg {
+        let _ = var.addcdiv_(m, &denom);
     }
 }
 
@@ -209,23 +219,20 @@ fn sgd(p: &mut Param, grad: &Tensor, lr: f64, wd: f64, c: &OptimConfig) {
     let _ = var.g_add_(&(g * -lr));
 }
 
-/// Clamps every gradient element to `[-clip, clip]` (`clip_grad_value_`).
-pub fn clip_grad_value(vars: &[Tensor], clip: f64) {
+/// Clamps every gradient element to `[-clip, clip]` in place (`clip_grad_value_`).
+pub fn clip_grad_value(grads: &[Tensor], clip: f64) {
     tch::no_grad(|| {
-        for v in vars {
-            let mut g = v.grad();
-            if g.defined() {
-                let _ = g.clamp_(-clip, clip);
-            }
+        for g in grads.iter().filter(|g| g.defined()) {
+            let _ = g.shallow_clone().clamp_(-clip, clip);
         }
     })
 }
 
-/// Scales gradients so their total L2 norm is at most `max_norm` (`clip_grad_norm_`);
+/// Scales gradients in place so their total L2 norm is at most `max_norm` (`clip_grad_norm_`);
 /// returns the total norm before clipping.
-pub fn clip_grad_norm(vars: &[Tensor], max_norm: f64) -> Result<f64> {
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<f64> {
     tch::no_grad(|| {
-        let grads: Vec<Tensor> = vars.iter().map(|v| v.grad()).filter(|g| g.defined()).collect();
+        let grads: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
         if grads.is_empty() {
             return Ok(0.0);
         }
@@ -233,10 +240,44 @@ pub fn clip_grad_norm(vars: &[Tensor], max_norm: f64) -> Result<f64> {
         let total = Tensor::stack(&norms, 0).norm();
         // torch multiplies by the clamped coefficient even when it is 1, without a host sync.
         let coef = ((&total + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
-        for g in &grads {
-            let mut g = g.shallow_clone();
-            let _ = g.g_mul_(&coef.to_kind(g.kind()));
+        for g in grads {
+            let _ = g.shallow_clone().g_mul_(&coef.to_kind(g.kind()));
         }
         f64::try_from(total.to_kind(Kind::Double)).context("cannot read the gradient norm")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn var(values: &[f32]) -> Tensor {
+        Tensor::from_slice(values).set_requires_grad(true)
+    }
+
+    #[test]
+    fn gradients_leave_grad_alone_and_unreached_variables_are_skipped() {
+        let (a, b) = (var(&[1.0, 2.0]), var(&[3.0]));
+        let params = vec![("a".to_string(), a.shallow_clone(), true), ("b".to_string(), b.shallow_clone(), true)];
+        let mut opt = Optimizer::new(OptimConfig::new(OptimizerKind::Sgd), params).unwrap();
+        // loss = 3·a0 + 5·a1; b is not used.
+        let loss = (&a * Tensor::from_slice(&[3f32, 5.0])).sum(Kind::Float);
+        let grads = opt.gradients(&loss).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&grads[0]).unwrap(), [3.0, 5.0]);
+        assert!(!grads[1].defined(), "b is not reached by the loss");
+        assert!(!a.grad().defined(), "no accumulation into .grad");
+        opt.step(&grads, 0.5).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&a).unwrap(), [-0.5, -0.5]);
+        assert_eq!(Vec::<f32>::try_from(&b).unwrap(), [3.0]);
+        assert_eq!(opt.steps(), BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 0)]));
+        let err = opt.step(&grads[..1], 0.5).unwrap_err().to_string();
+        assert!(err.contains("1 gradients for 2"), "{err}");
+    }
+
+    #[test]
+    fn a_variable_without_requires_grad_is_refused() {
+        let frozen = Tensor::from_slice(&[1f32]);
+        let err = Optimizer::new(OptimConfig::new(OptimizerKind::Adam), vec![("bn.running_mean".into(), frozen, false)]).err().unwrap();
+        assert!(err.to_string().contains("bn.running_mean does not require a gradient"), "{err}");
+    }
 }
