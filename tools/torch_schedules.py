@@ -117,22 +117,27 @@ def optim():
     step_grads = [[vals(6, 7, 1, 13, 8.0), vals(3, 2, 5, 9, 4.0)],
                   [vals(6, 3, 4, 11, 16.0), vals(3, 5, 2, 7, 8.0)],
                   [vals(6, 1, 6, 9, 2.0), vals(3, 4, 3, 5, 4.0)]]
-    for c in cases:
+    def run(c, **impl):
         ps = [torch.nn.Parameter(torch.tensor(v, dtype=torch.float32).reshape(s)) for v, s in zip(init, shapes)]
         groups = [{"params": [ps[0]], "weight_decay": c["weight_decay"]}, {"params": [ps[1]], "weight_decay": 0.0}]
         if c["name"] == "adam":
-            opt = torch.optim.Adam(groups, lr=c["lr"], foreach=False)
+            opt = torch.optim.Adam(groups, lr=c["lr"], **impl)
         elif c["name"] == "adamw":
-            opt = torch.optim.AdamW(groups, lr=c["lr"], foreach=False)
+            opt = torch.optim.AdamW(groups, lr=c["lr"], **impl)
         else:
-            opt = torch.optim.SGD(groups, lr=c["lr"], momentum=c["momentum"], nesterov=c["nesterov"], foreach=False)
+            opt = torch.optim.SGD(groups, lr=c["lr"], momentum=c["momentum"], nesterov=c["nesterov"], **impl)
         after = []
         for g in step_grads:
             for p, gv in zip(ps, g):
                 p.grad = torch.tensor(gv, dtype=torch.float32).reshape(p.shape)
             opt.step()
             after.append([p.detach().flatten().tolist() for p in ps])
-        c.update({"shapes": shapes, "init": init, "grads": step_grads, "after": after})
+        return after
+
+    for c in cases:
+        # The per-tensor for-loop and the fused kernel: sorbier implements both.
+        c.update({"shapes": shapes, "init": init, "grads": step_grads,
+                  "after": run(c, foreach=False), "after_fused": run(c, fused=True)})
     return cases
 
 

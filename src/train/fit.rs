@@ -357,7 +357,7 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
             };
             if take_step {
                 if let Some(v) = s.clip_value {
-                    optim::clip_grad_value(&grads, v);
+                    optim::clip_grad_value(&grads, v)?;
                 }
                 if let Some(n) = s.clip_norm {
                     optim::clip_grad_norm(&grads, n)?;
@@ -495,20 +495,10 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
     Ok(())
 }
 
-/// AMP: divides the gradients by the loss scale; `false` (skip the step) if any is not finite.
+/// AMP: divides the gradients by the loss scale (one foreach kernel, as
+/// `GradScaler.unscale_`); `false` (skip the step) if any element is not finite.
 fn unscale_grads(grads: &[Tensor], scale: f64) -> Result<bool> {
-    tch::no_grad(|| {
-        let mut finite = Vec::new();
-        for g in grads {
-            let mut g = g.shallow_clone();
-            if g.defined() {
-                let _ = g.g_mul_scalar_(1.0 / scale);
-                finite.push(g.isfinite().all().to_kind(Kind::Float));
-            }
-        }
-        if finite.is_empty() {
-            return Ok(true);
-        }
-        Ok(Tensor::stack(&finite, 0).min().double_value(&[]) > 0.5)
-    })
+    let grads: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
+    let found_inf = tch::no_grad(|| super::multi_tensor::amp_unscale(&grads, scale))?;
+    Ok(found_inf.double_value(&[]) == 0.0)
 }

@@ -19,6 +19,7 @@ use crate::transforms::{Augment, Preprocess};
 mod fit;
 pub mod files;
 pub mod loss;
+pub mod multi_tensor;
 pub mod optim;
 pub mod schedule;
 
@@ -121,6 +122,10 @@ pub struct TrainArgs {
     /// Nesterov momentum (SGD).
     #[arg(long)]
     pub nesterov: bool,
+    /// Update parameters with a loop of per-tensor ops (torch's `foreach=False`) instead of
+    /// ATen's fused optimiser kernels (`fused=True`, the default: one kernel for every tensor).
+    #[arg(long)]
+    pub no_fused_optimizer: bool,
     /// Weight decay (L2 for adam/sgd, decoupled for adamw).
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
@@ -309,6 +314,7 @@ impl TrainArgs {
         optimizer.weight_decay = self.weight_decay;
         optimizer.momentum = if self.optimizer == OptimizerKind::Sgd { self.momentum } else { 0.0 };
         optimizer.nesterov = self.nesterov;
+        optimizer.fused = !self.no_fused_optimizer;
         Ok(TrainSettings {
             epochs,
             batch_size: self.batch_size,
@@ -473,6 +479,7 @@ mod tests {
         let s = cli.args.settings().unwrap();
         assert_eq!(s.optimizer.momentum, 0.9);
         assert!(s.optimizer.nesterov);
+        assert!(s.optimizer.fused, "fused kernels by default");
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["mode"], "feature-extract");
         assert_eq!(serde_json::from_value::<TrainSettings>(v).unwrap(), s);
@@ -480,6 +487,11 @@ mod tests {
         assert_eq!(cli.args.preprocess().resize, 256);
         assert!(Cli::try_parse_from(["t", "data"]).is_err(), "--out or --resume is required");
         assert!(Cli::try_parse_from(["t", "--resume", "r", "--out", "x"]).is_err());
+        assert!(!Cli::parse_from(["t", "d", "--out", "r", "--no-fused-optimizer"]).args.settings().unwrap().optimizer.fused);
+        // A config.json written before the choice existed resumes with the per-tensor loop.
+        let mut old = serde_json::to_value(&s).unwrap();
+        old["optimizer"].as_object_mut().unwrap().remove("fused");
+        assert!(!serde_json::from_value::<TrainSettings>(old).unwrap().optimizer.fused);
         let bad = Cli::parse_from(["t", "d", "--out", "r", "--nesterov"]).args.settings().unwrap();
         assert!(optim::Optimizer::new(bad.optimizer, vec![]).is_err(), "nesterov needs sgd");
     }

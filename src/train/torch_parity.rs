@@ -124,7 +124,7 @@ fn clipping_matches_torch() {
         }
     }
     let ps = with_grads(&r["shapes"], grads);
-    optim::clip_grad_value(&ps, r["value"]["clip"].as_f64().unwrap());
+    optim::clip_grad_value(&ps, r["value"]["clip"].as_f64().unwrap()).unwrap();
     for (i, g) in ps.iter().enumerate() {
         assert_abs(&flat(g), &f64s(&r["value"]["clipped"][i]), 0.0, "clip_grad_value_");
     }
@@ -138,22 +138,25 @@ fn optimizers_match_torch_over_three_steps() {
             "adamw" => OptimizerKind::Adamw,
             _ => OptimizerKind::Sgd,
         };
-        let mut c = OptimConfig::new(kind);
-        c.weight_decay = case["weight_decay"].as_f64().unwrap();
-        c.momentum = case["momentum"].as_f64().unwrap();
-        c.nesterov = case["nesterov"].as_bool().unwrap();
-        let lr = case["lr"].as_f64().unwrap();
-        let shapes = case["shapes"].as_array().unwrap();
-        let vars: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| tensor(&case["init"][i], s).set_requires_grad(true)).collect();
-        // Parameter 0 takes decay, parameter 1 does not (as the script's two groups).
-        let params = vars.iter().enumerate().map(|(i, v)| (format!("p{i}"), v.shallow_clone(), i == 0)).collect();
-        let mut opt = Optimizer::new(c, params).unwrap();
-        for (step, grads) in case["grads"].as_array().unwrap().iter().enumerate() {
-            let loss = vars.iter().enumerate().map(|(i, v)| (v * tensor(&grads[i], &shapes[i])).sum(Kind::Float)).fold(Tensor::from(0f32), |a, b| a + b);
-            let g = opt.gradients(&loss).unwrap();
-            opt.step(&g, lr).unwrap();
-            for (i, v) in vars.iter().enumerate() {
-                assert_abs(&flat(v), &f64s(&case["after"][step][i]), 1e-6, &format!("{case} step {step} param {i}"));
+        for (fused, after) in [(false, "after"), (true, "after_fused")] {
+            let mut c = OptimConfig::new(kind);
+            c.weight_decay = case["weight_decay"].as_f64().unwrap();
+            c.momentum = case["momentum"].as_f64().unwrap();
+            c.nesterov = case["nesterov"].as_bool().unwrap();
+            c.fused = fused;
+            let lr = case["lr"].as_f64().unwrap();
+            let shapes = case["shapes"].as_array().unwrap();
+            let vars: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| tensor(&case["init"][i], s).set_requires_grad(true)).collect();
+            // Parameter 0 takes decay, parameter 1 does not (as the script's two groups).
+            let params = vars.iter().enumerate().map(|(i, v)| (format!("p{i}"), v.shallow_clone(), i == 0)).collect();
+            let mut opt = Optimizer::new(c, params).unwrap();
+            for (step, grads) in case["grads"].as_array().unwrap().iter().enumerate() {
+                let loss = vars.iter().enumerate().map(|(i, v)| (v * tensor(&grads[i], &shapes[i])).sum(Kind::Float)).fold(Tensor::from(0f32), |a, b| a + b);
+                let g = opt.gradients(&loss).unwrap();
+                opt.step(&g, lr).unwrap();
+                for (i, v) in vars.iter().enumerate() {
+                    assert_abs(&flat(v), &f64s(&case[after][step][i]), 1e-6, &format!("fused {fused} {} step {step} param {i}", case["name"]));
+                }
             }
         }
     }
