@@ -9,53 +9,62 @@
 #   TORCH_LIB   torch/lib of a torch 2.11.0 CUDA install   (default: /opt/torch/.venv/.../torch/lib)
 #   PYTHON      that install's python, for the PyTorch peer (default: /opt/torch/.venv/bin/python)
 #   ORT_LIB     libonnxruntime.so.* of onnxruntime-gpu ≥ 1.31 with its CUDA provider (optional)
+# and, to rehearse the script elsewhere (e.g. DEVICE=cpu ARCH=resnet18 SIZE=64 BATCH=8 STEPS=3):
+#   DEVICE (cuda)  ARCH (resnet152)  SIZE (224)  BATCH (64)  STEPS (30)  WORKERS (all cores)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/opt/torch/.venv/bin/python}
 TORCH_LIB=${TORCH_LIB:-$("$PYTHON" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')}
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
 DATA=${DATA:-../shared/data/flowers}
 T=target/release
+DEVICE=${DEVICE:-cuda} ARCH=${ARCH:-resnet152} SIZE=${SIZE:-224} BATCH=${BATCH:-64} STEPS=${STEPS:-30}
+WORKERS=${WORKERS:-$(nproc)}
 declare -a ROWS
 row() { ROWS+=("$(printf '%-44s %s' "$1" "$2")"); }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-# 1. CUDA training steps of ResNet-152 at 224 px (fp32, then fp16 autocast with loss scaling).
+# 1. Training steps through the trainer (fp32, then fp16 autocast with loss scaling).
 for amp in "" "--amp"; do
-  if $T/trainer train "$DATA/train" --out "$W/run152$amp" --arch resnet152 --image-size 224 \
-       --epochs 2 --max-steps-per-epoch 20 --batch-size 64 --device cuda $amp --quiet --no-report >"$W/train$amp.log" 2>&1; then
-    row "trainer resnet152 cuda ${amp:-fp32}: 2×20 steps" "ok, $(grep -o '[0-9.]* img/s' "$W/train$amp.log" | tail -n1)"
+  if $T/trainer train "$DATA/train" --out "$W/run$amp" --arch "$ARCH" --image-size "$SIZE" --epochs 2 \
+       --max-steps-per-epoch 20 --batch-size "$BATCH" --workers "$WORKERS" --device "$DEVICE" $amp --quiet --no-report >"$W/train$amp.log" 2>&1; then
+    row "trainer $ARCH $DEVICE ${amp:-fp32}: 2×20 steps" "ok, $(grep -o '[0-9.]* img/s' "$W/train$amp.log" | tail -n1), $(grep -m1 '^device' "$W/train$amp.log")"
   else
-    row "trainer resnet152 cuda ${amp:-fp32}" "FAILED: $(tail -n 3 "$W/train$amp.log" | tr '\n' ' ')"
+    row "trainer $ARCH $DEVICE ${amp:-fp32}" "FAILED: $(tail -n 3 "$W/train$amp.log" | tr '\n' ' ')"
   fi
 done
 
 # 2. Training throughput: JPEG pipeline vs pre-made tensors, sorbier and PyTorch eager.
-rs=$($T/examples/bench_train "$DATA/train" --arch resnet152 --size 224 --batch 64 --workers 16 --steps 30 --device cuda 2>"$W/bench_rs.err")
-pt=$("$PYTHON" tools/bench_train.py "$DATA/train" --arch resnet152 --size 224 --batch 64 --workers 16 --steps 30 --device cuda 2>"$W/bench_pt.err")
+B=(--arch "$ARCH" --size "$SIZE" --batch "$BATCH" --workers "$WORKERS" --steps "$STEPS" --device "$DEVICE")
+rs=$($T/examples/bench_train "$DATA/train" "${B[@]}" 2>"$W/bench_rs.err") || rs="sorbier failed $(tail -n 2 "$W/bench_rs.err" | tr '\n' ' ')"
+pt=$("$PYTHON" tools/bench_train.py "$DATA/train" "${B[@]}" 2>"$W/bench_pt.err") || pt="pytorch failed $(tail -n 2 "$W/bench_pt.err" | tr '\n' ' ')"
+all="$rs"$'\n'"$pt"
 for e in sorbier pytorch; do
-  all="$rs"$'\n'"$pt"
   get() { awk -v e="$e" -v k="$1" '$1==e && $2==k {print $3}' <<<"$all"; }
-  row "train img/s $e resnet152 224 b64 (tensors/jpeg/ratio)" "$(get tensors) / $(get jpeg) / $(get ratio)"
+  if grep -q "^$e failed" <<<"$all"; then
+    row "train img/s $e" "FAILED: $(grep "^$e failed" <<<"$all" | cut -d' ' -f3-)"
+  else
+    row "train img/s $e $ARCH $SIZE b$BATCH (tensors/jpeg/ratio)" "$(get tensors) / $(get jpeg) / $(get ratio)"
+  fi
 done
 
-# 3. Export and the CUDA execution provider.
-if $T/trainer export "$W/run152" -o "$W/m152.onnx" >"$W/export.log" 2>&1; then
-  row "export resnet152" "ok ($(du -h "$W/m152.onnx" | cut -f1))"
-  if [ -n "${ORT_LIB:-}" ] && [ -x $T/predictor ]; then
-    if $T/predictor predict --ort-lib "$ORT_LIB" --model "$W/m152.onnx" --images "$DATA/test" \
-         --out "$W/sub.csv" --device cuda --batch-size 64 --quiet >"$W/predict.log" 2>&1; then
-      row "predictor cuda EP resnet152" "ok, $(grep -o '[0-9.]* images/s' "$W/predict.log" | tail -n1)"
-    else
-      row "predictor cuda EP resnet152" "FAILED: $(tail -n 3 "$W/predict.log" | tr '\n' ' ')"
-    fi
+# 3. Export, then the predictor on the exported model (the CUDA execution provider when
+#    DEVICE is cuda: needs ORT_LIB pointing at onnxruntime-gpu ≥ 1.31).
+if $T/trainer export "$W/run" -o "$W/model.onnx" >"$W/export.log" 2>&1; then
+  row "export $ARCH" "ok ($(du -h "$W/model.onnx" | cut -f1))"
+  if [ -z "${ORT_LIB:-}" ] || [ ! -x $T/predictor ]; then
+    row "predictor $DEVICE" "not run (needs target/release/predictor and ORT_LIB)"
+  elif $T/predictor predict --ort-lib "$ORT_LIB" --model "$W/model.onnx" --images "$DATA/test" \
+         --out "$W/sub.csv" --device "$DEVICE" --batch-size "$BATCH" --quiet >"$W/predict.log" 2>&1; then
+    row "predictor $DEVICE $ARCH" "ok, $(grep -o '[0-9.]* images/s' "$W/predict.log" | tail -n1), $(($(wc -l <"$W/sub.csv") - 1)) rows"
   else
-    row "predictor cuda EP" "not run (set ORT_LIB to onnxruntime-gpu ≥ 1.31)"
+    row "predictor $DEVICE $ARCH" "FAILED: $(tail -n 3 "$W/predict.log" | tr '\n' ' ')"
   fi
 else
-  row "export resnet152" "FAILED: $(tail -n 3 "$W/export.log" | tr '\n' ' ')"
+  row "export $ARCH" "FAILED: $(tail -n 3 "$W/export.log" | tr '\n' ' ')"
 fi
 
 echo
