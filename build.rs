@@ -3,8 +3,9 @@
 //! 2. with the `train` feature, makes binaries and tests find libtorch at run time (rpath) and
 //!    keeps `libtorch_cuda` linked into the trainer, which `--as-needed` would otherwise drop
 //!    (then `tch::Cuda::is_available()` is false even on a GPU machine);
-//! 3. with the `train` feature, compiles `csrc/multi_tensor.cpp` (ATen's fused optimiser and
-//!    foreach kernels, which tch does not wrap) against the same libtorch headers.
+//! 3. with the `train` feature, compiles `csrc/` (ATen's fused optimiser and foreach kernels,
+//!    and the channels-last memory format, none of which tch wraps) against the same libtorch
+//!    headers.
 use std::env;
 use std::path::{Path, PathBuf};
 
@@ -16,7 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if env::var_os("CARGO_FEATURE_TRAIN").is_some() {
         // Set by torch-sys (`links = "tch"`) for its direct dependents.
         let lib = env::var("DEP_TCH_LIBTORCH_LIB").map_err(|_| "torch-sys did not report its libtorch directory (DEP_TCH_LIBTORCH_LIB)")?;
-        compile_multi_tensor(Path::new(&lib));
+        compile_aten_shims(Path::new(&lib));
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
         // Per-target link args are refused for target kinds the package lacks.
         let mut targets = vec!["bin=trainer".to_string()];
@@ -41,11 +42,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// `csrc/multi_tensor.cpp` → a static library linked into the crate. The headers are those of
+/// `csrc/*.cpp` → a static library linked into the crate. The headers are those of
 /// the libtorch we link (`<torch>/lib/../include`, or `LIBTORCH_INCLUDE` as torch-sys reads
 /// it), with the same C++ ABI flag torch-sys uses.
-fn compile_multi_tensor(lib: &Path) {
-    println!("cargo:rerun-if-changed=csrc/multi_tensor.cpp");
+fn compile_aten_shims(lib: &Path) {
+    println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let root = env::var_os("LIBTORCH_INCLUDE").map(PathBuf::from).unwrap_or_else(|| lib.join(".."));
@@ -53,11 +54,12 @@ fn compile_multi_tensor(lib: &Path) {
     cc::Build::new()
         .cpp(true)
         .file("csrc/multi_tensor.cpp")
+        .file("csrc/memory_format.cpp")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(true)
-        .compile("sorbier_multi_tensor");
+        .compile("sorbier_aten");
 }

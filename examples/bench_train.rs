@@ -7,7 +7,7 @@
 //! format `tools/bench_train.py` prints for PyTorch; `tools/bench-train.sh` runs both.
 //!
 //!     cargo run --release --example bench_train -- [DATA_DIR] [--arch resnet18] [--size 112]
-//!         [--batch 32] [--workers 2] [--steps 20] [--warmup 3] [--device cpu]
+//!         [--batch 32] [--workers 2] [--steps 20] [--warmup 3] [--device cpu] [--channels-last]
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use sorbier::arch::Arch;
 use sorbier::data::{Dataset, Loader, LoaderConfig, Mode};
-use sorbier::model::{select_device, ResNet};
+use sorbier::model::{memory_format, select_device, ResNet};
 use sorbier::train::optim::{OptimConfig, Optimizer, OptimizerKind};
 use sorbier::transforms::{Augment, Preprocess};
 use tch::nn::{self, ModuleT};
@@ -44,6 +44,7 @@ impl Bench {
 fn main() -> Result<()> {
     let mut data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/flowers/train");
     let (mut arch, mut size, mut batch, mut workers, mut steps, mut warmup, mut device) = (Arch::Resnet18, 112u32, 32usize, 2usize, 20usize, 3usize, "cpu".to_string());
+    let mut channels_last = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().with_context(|| format!("{a} needs a value"));
@@ -55,6 +56,7 @@ fn main() -> Result<()> {
             "--steps" => steps = val()?.parse()?,
             "--warmup" => warmup = val()?.parse()?,
             "--device" => device = val()?,
+            "--channels-last" => channels_last = true,
             s if s.starts_with("--") => bail!("unknown option {s}"),
             _ => data = PathBuf::from(a),
         }
@@ -68,6 +70,10 @@ fn main() -> Result<()> {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let net = ResNet::new(&vs.root(), &arch.spec(classes), 0.0);
+    if channels_last {
+        memory_format::vars_to_channels_last(&vs)?;
+    }
+    let layout = |x: Tensor| if channels_last { memory_format::channels_last(&x) } else { Ok(x) };
     let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
     let opt = Optimizer::new(OptimConfig::new(OptimizerKind::Adam), params.into_iter().map(|(n, v)| (n, v, true)).collect())?;
@@ -75,7 +81,7 @@ fn main() -> Result<()> {
     let s = size as i64;
 
     // Pre-made tensors: the model-only ceiling.
-    let x = Tensor::randn([batch as i64, 3, s, s], (Kind::Float, device));
+    let x = layout(Tensor::randn([batch as i64, 3, s, s], (Kind::Float, device)))?;
     let y = Tensor::randint(classes as i64, [batch as i64], (Kind::Int64, device));
     for _ in 0..warmup {
         b.step(&x, &y);
@@ -103,7 +109,7 @@ fn main() -> Result<()> {
         if let Some((_, e)) = batch.failed.first() {
             bail!("{e}");
         }
-        let x = Tensor::from_slice(&batch.images).view([batch.len() as i64, 3, s, s]).to_device(device);
+        let x = layout(Tensor::from_slice(&batch.images).view([batch.len() as i64, 3, s, s]).to_device(device))?;
         let y = Tensor::from_slice(&batch.labels).to_device(device);
         b.step(&x, &y);
         if i + 1 == warmup {

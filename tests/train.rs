@@ -183,6 +183,42 @@ fn resume_reproduces_an_uninterrupted_run_even_after_kill_9() {
     assert_eq!(read_history(&c.join("history.csv")).unwrap().len(), 3);
 }
 
+/// `--channels-last` is recorded, keeps checkpoints in the standard layout, and resumes to the
+/// same result. The layout check: in feature-extraction mode the backbone never changes, so
+/// every backbone tensor a channels-last run saves must equal, bit for bit, the one a default
+/// run saves from the same seed (a layout mix-up would scramble them). Whole trajectories are
+/// not compared: Adam's first steps turn the convolutions' last-bit differences between layouts
+/// into lr-sized ones (the gradients themselves agree: see `memory_format`'s unit test).
+#[test]
+fn channels_last_is_recorded_keeps_the_standard_layout_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, epochs: usize, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut a = base_args(&out, epochs);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        (out.clone(), ok(&a))
+    };
+    let (nchw, _) = run("nchw", 1, &["--mode", "feature-extract"]);
+    let (nhwc, out) = run("nhwc", 1, &["--mode", "feature-extract", "--channels-last"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("channels-last"), "the device line says so");
+    assert_eq!(RunConfig::load(&nhwc).unwrap().train["channels_last"], true);
+    assert_eq!(RunConfig::load(&nchw).unwrap().train["channels_last"], false);
+    let (ta, tb) = (tensors(&nchw.join("last.safetensors")), tensors(&nhwc.join("last.safetensors")));
+    let mut compared = 0;
+    for ((name, a), (_, b)) in ta.iter().zip(&tb).filter(|((n, _), _)| !n.starts_with("fc.")) {
+        assert!(a.equal(b), "{name} differs: the channels-last run saved it in another layout");
+        compared += (a.dim() == 4) as usize;
+    }
+    assert_eq!(compared, 20, "ResNet-18's convolution weights");
+
+    let (straight, _) = run("straight", 2, &["--channels-last"]);
+    let (resumed, _) = run("resumed", 1, &["--channels-last"]);
+    ok(&["train", "--resume", resumed.to_str().unwrap(), "--epochs", "2", "--quiet"].iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let history = |run: &Path| results(&read_history(&run.join("history.csv")).unwrap());
+    assert_eq!(history(&resumed), history(&straight));
+    assert_same_weights(&straight.join("last.safetensors"), &resumed.join("last.safetensors"));
+}
+
 /// Equal, counting NaN as equal to NaN (the validation columns of a run without validation).
 fn same_results(a: &[HistoryRow], b: &[HistoryRow]) -> bool {
     let (ra, rb) = (results(a), results(b));

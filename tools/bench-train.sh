@@ -4,7 +4,8 @@
 # and worker count. Builds the release example if needed, then prints a table.
 #
 #   tools/bench-train.sh [DATA_DIR] [--arch resnet18] [--size 112] [--batch 32] [--workers 2]
-#                        [--steps 20] [--device cpu]
+#                        [--steps 20] [--device cpu] [--channels-last]
+# PYTORCH_ARGS adds options for the PyTorch side only (e.g. --fused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=../shared/data/flowers/train
@@ -14,7 +15,7 @@ if [[ ${SORBIER_BENCH_NO_BUILD:-0} != 1 ]]; then
 fi
 py=${SORBIER_PYTHON:-.venv/bin/python}
 rs=$(target/release/examples/bench_train "$data" "$@")
-pt=$("$py" tools/bench_train.py "$data" "$@")
+pt=$("$py" tools/bench_train.py "$data" "$@" ${PYTORCH_ARGS:-})
 echo "$rs"; echo "$pt"
 echo
 printf '%-10s %14s %14s %8s\n' engine 'tensors img/s' 'jpeg img/s' ratio

@@ -24,6 +24,8 @@ p.add_argument("--workers", type=int, default=2)
 p.add_argument("--steps", type=int, default=20)
 p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--device", default="cpu")
+p.add_argument("--channels-last", action="store_true")
+p.add_argument("--fused", action="store_true", help="Adam(fused=True), as sorbier's default")
 a = p.parse_args()
 
 torch.manual_seed(0)
@@ -34,7 +36,9 @@ tf = T.Compose([T.RandomResizedCrop(a.size), T.RandomHorizontalFlip(), T.RandomV
                 T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
 ds = torchvision.datasets.ImageFolder(a.data, tf)
 model = getattr(torchvision.models, a.arch)(num_classes=len(ds.classes)).to(dev).train()
-opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+fmt = torch.channels_last if a.channels_last else torch.contiguous_format
+model = model.to(memory_format=fmt)
+opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True if a.fused else None)
 loss_fn = torch.nn.CrossEntropyLoss()
 
 
@@ -50,7 +54,7 @@ def sync():
         torch.cuda.synchronize()
 
 
-x = torch.randn(a.batch, 3, a.size, a.size, device=dev)
+x = torch.randn(a.batch, 3, a.size, a.size, device=dev).contiguous(memory_format=fmt)
 y = torch.randint(len(ds.classes), (a.batch,), device=dev)
 for _ in range(a.warmup):
     step(x, y)
@@ -72,7 +76,7 @@ dl = torch.utils.data.DataLoader(ds, batch_size=a.batch, sampler=sampler, num_wo
 n = 0
 t = time.perf_counter()
 for i, (xb, yb) in enumerate(dl):
-    step(xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True))
+    step(xb.to(dev, non_blocking=True).contiguous(memory_format=fmt), yb.to(dev, non_blocking=True))
     if i + 1 == a.warmup:
         sync()
         t = time.perf_counter()

@@ -10,6 +10,7 @@
 //! - [`select_device`] turns `--device auto|cpu|cuda[:N]` into a `tch::Device`, never falling
 //!   back silently.
 mod device;
+pub mod memory_format;
 mod pickle;
 mod resnet;
 mod weights;

@@ -87,14 +87,21 @@ impl Failures {
     }
 }
 
-fn images_tensor(batch: &Batch, device: Device) -> Tensor {
+/// A batch as an N×3×S×S tensor on `device`, in channels-last layout when asked (converted
+/// on the device, where it is cheapest).
+fn images_tensor(batch: &Batch, device: Device, channels_last: bool) -> Result<Tensor> {
     let n = batch.len() as i64;
     let s = batch.size as i64;
-    Tensor::from_slice(&batch.images).view([n, 3, s, s]).to_device(device)
+    let x = Tensor::from_slice(&batch.images).view([n, 3, s, s]).to_device(device);
+    if channels_last {
+        model::memory_format::channels_last(&x)
+    } else {
+        Ok(x)
+    }
 }
 
 /// The validation pass: metrics and the confusion matrix.
-fn evaluate(model: &ResNet, loader: Loader, classes: usize, device: Device, amp: bool, images: usize) -> Result<MetricsAccumulator> {
+fn evaluate(model: &ResNet, loader: Loader, classes: usize, device: Device, amp: bool, channels_last: bool, images: usize) -> Result<MetricsAccumulator> {
     let mut acc = MetricsAccumulator::new(classes);
     let mut failures = Failures::new(images, "validation");
     for batch in loader {
@@ -102,7 +109,7 @@ fn evaluate(model: &ResNet, loader: Loader, classes: usize, device: Device, amp:
         if batch.is_empty() {
             continue;
         }
-        let x = images_tensor(&batch, device);
+        let x = images_tensor(&batch, device, channels_last)?;
         let logits = tch::no_grad(|| if amp { tch::autocast(true, || model.forward_t(&x, false)) } else { model.forward_t(&x, false) });
         let logits = logits.to_kind(Kind::Float).to_device(Device::Cpu).contiguous().view([-1]);
         let v = Vec::<f32>::try_from(&logits).context("cannot read validation logits")?;
@@ -161,7 +168,13 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
-    println!("device {}{}, {} loader workers", describe(device), if amp { " (fp16 autocast)" } else { "" }, rt.workers);
+    println!(
+        "device {}{}{}, {} loader workers",
+        describe(device),
+        if amp { " (fp16 autocast)" } else { "" },
+        if s.channels_last { " channels-last" } else { "" },
+        rt.workers
+    );
 
     if resume {
         if let Some(note) = files::recover(dir)? {
@@ -235,6 +248,9 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
     if s.mode == TrainMode::FeatureExtract {
         model::freeze_backbone(&vs);
         net.set_frozen_backbone(true);
+    }
+    if s.channels_last {
+        model::memory_format::vars_to_channels_last(&vs)?;
     }
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -332,7 +348,7 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
             if batch.len() < 2 {
                 continue;
             }
-            let x = images_tensor(&batch, device);
+            let x = images_tensor(&batch, device, s.channels_last)?;
             let y = Tensor::from_slice(&batch.labels).to_device(device);
             let lr = schedule.lr(epoch, step);
             let logits = if amp { tch::autocast(true, || net.forward_t(&x, true)).to_kind(Kind::Float) } else { net.forward_t(&x, true) };
@@ -391,7 +407,7 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
         // no metric value to record or compare.
         let val = if validate {
             let val_loader = Loader::new(paths.clone(), labels_i64.clone(), split.val.clone(), Mode::Eval(cfg.preprocess.clone()), loader_cfg(false));
-            let acc = evaluate(&net, val_loader, nc, device, amp, split.val.len())?;
+            let acc = evaluate(&net, val_loader, nc, device, amp, s.channels_last, split.val.len())?;
             let m = acc.finish();
             Some((acc, m))
         } else {

@@ -202,6 +202,10 @@ pub struct TrainArgs {
     /// Mixed precision (CUDA fp16 autocast with dynamic loss scaling). Off by default.
     #[arg(long)]
     pub amp: bool,
+    /// Channels-last (NHWC) weights and batches: oneDNN's NHWC convolutions on CPU, cuDNN's
+    /// tensor-core layout on CUDA (`model.to(memory_format=torch.channels_last)`).
+    #[arg(long)]
+    pub channels_last: bool,
     /// Validation metric that picks best.safetensors (and drives --schedule plateau). Not used
     /// with --val-fraction 0.
     #[arg(long, value_enum, default_value_t = BestMetric::Top1)]
@@ -256,6 +260,10 @@ pub struct TrainSettings {
     pub best_metric: BestMetric,
     pub max_steps_per_epoch: Option<usize>,
     pub amp: bool,
+    /// Channels-last weights and batches during training (checkpoints stay in the standard
+    /// layout). Absent from runs recorded before it existed: off.
+    #[serde(default)]
+    pub channels_last: bool,
     /// Training drops a final incomplete batch (a batch of one breaks BatchNorm).
     pub drop_last: bool,
     /// Runtime choices of the first run, for the record (resume may change them).
@@ -343,6 +351,7 @@ impl TrainArgs {
             best_metric: self.best_metric,
             max_steps_per_epoch: self.max_steps_per_epoch,
             amp: self.amp,
+            channels_last: self.channels_last,
             drop_last: true,
             runtime: self.runtime(None),
         })

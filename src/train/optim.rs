@@ -140,6 +140,21 @@ impl Optimizer {
     /// gradient (two for SGD when some momentum buffers are new).
     fn fused_step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
         let c = self.config.clone();
+        // The fused kernels walk a parameter, its gradient and its state in memory order, so
+        // they must share one layout; a gradient laid out unlike its parameter (channels-last
+        // weights) is copied into the parameter's layout first.
+        let grads: Vec<Tensor> = grads
+            .iter()
+            .zip(&self.params)
+            .map(|(g, p)| {
+                if g.defined() && g.stride() != p.var.stride() {
+                    let mut same = p.var.empty_like();
+                    same.f_copy_(g).map(|_| same)
+                } else {
+                    Ok(g.shallow_clone())
+                }
+            })
+            .collect::<std::result::Result<_, _>>()?;
         for decay in [true, false] {
             let wd = if decay { c.weight_decay } else { 0.0 };
             let ready: Vec<usize> = (0..self.params.len()).filter(|&i| self.params[i].decay == decay && grads[i].defined()).collect();
@@ -230,7 +245,6 @@ impl Optimizer {
         for p in &mut self.params {
             p.step = steps.get(&p.name).copied().unwrap_or(0);
             p.step_tensor = None;
-            let device = p.var.device();
             for key in ["exp_avg", "exp_avg_sq", "momentum_buffer"] {
                 let slot = match key {
                     "exp_avg" => &mut p.exp_avg,
@@ -242,7 +256,11 @@ impl Optimizer {
                         if t.size() != p.var.size() {
                             bail!("optimiser state {key}/{} has shape {:?}, the parameter {:?}", p.name, t.size(), p.var.size());
                         }
-                        Some(t.to_kind(p.var.kind()).to_device(device))
+                        // In the parameter's own layout (channels-last weights), which the
+                        // fused kernels expect of their state.
+                        let mut state = p.var.empty_like();
+                        state.f_copy_(&t).with_context(|| format!("optimiser state {key}/{}", p.name))?;
+                        Some(state)
                     }
                     None => None,
                 };
