@@ -3,9 +3,9 @@
 //! 2. with the `train` feature, makes binaries and tests find libtorch at run time (rpath) and
 //!    keeps `libtorch_cuda` linked into the trainer, which `--as-needed` would otherwise drop
 //!    (then `tch::Cuda::is_available()` is false even on a GPU machine);
-//! 3. with the `train` feature, compiles `csrc/` (ATen's fused optimiser and foreach kernels,
-//!    and the channels-last memory format, none of which tch wraps) against the same libtorch
-//!    headers.
+//! 3. with the `train` feature, compiles `csrc/` against the same libtorch headers: ATen's
+//!    fused optimiser and foreach kernels, the channels-last memory format, and autocast on
+//!    any device in fp16 or bf16 — none of which tch wraps.
 use std::env;
 use std::path::{Path, PathBuf};
 
@@ -55,6 +55,7 @@ fn compile_aten_shims(lib: &Path) {
         .cpp(true)
         .file("csrc/multi_tensor.cpp")
         .file("csrc/memory_format.cpp")
+        .file("csrc/autocast.cpp")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -7,7 +7,7 @@
 //! format `tools/bench_train.py` prints for PyTorch; `tools/bench-train.sh` runs both.
 //!
 //!     cargo run --release --example bench_train -- [DATA_DIR] [--arch resnet18] [--size 112]
-//!         [--batch 32] [--workers 2] [--steps 20] [--warmup 3] [--device cpu] [--channels-last]
+//!         [--batch 32] [--workers 2] [--steps 20] [--warmup 3] [--device cpu] [--channels-last] [--bf16]
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use sorbier::arch::Arch;
 use sorbier::data::{Dataset, Loader, LoaderConfig, Mode};
+use sorbier::model::autocast::{autocast, AmpDtype};
 use sorbier::model::{memory_format, select_device, ResNet};
 use sorbier::train::optim::{OptimConfig, Optimizer, OptimizerKind};
 use sorbier::transforms::{Augment, Preprocess};
@@ -26,11 +27,18 @@ struct Bench {
     net: ResNet,
     opt: Optimizer,
     device: Device,
+    /// bf16 autocast for the forward pass (as `torch.autocast(dtype=torch.bfloat16)`).
+    bf16: bool,
 }
 
 impl Bench {
     fn step(&mut self, x: &Tensor, y: &Tensor) {
-        let loss = self.net.forward_t(x, true).cross_entropy_for_logits(y);
+        let logits = if self.bf16 {
+            autocast(self.device, AmpDtype::Bf16, || self.net.forward_t(x, true)).expect("autocast").to_kind(Kind::Float)
+        } else {
+            self.net.forward_t(x, true)
+        };
+        let loss = logits.cross_entropy_for_logits(y);
         let grads = self.opt.gradients(&loss).expect("backward");
         self.opt.step(&grads, 1e-3).expect("step");
     }
@@ -45,6 +53,7 @@ fn main() -> Result<()> {
     let mut data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/flowers/train");
     let (mut arch, mut size, mut batch, mut workers, mut steps, mut warmup, mut device) = (Arch::Resnet18, 112u32, 32usize, 2usize, 20usize, 3usize, "cpu".to_string());
     let mut channels_last = false;
+    let mut bf16 = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().with_context(|| format!("{a} needs a value"));
@@ -57,6 +66,7 @@ fn main() -> Result<()> {
             "--warmup" => warmup = val()?.parse()?,
             "--device" => device = val()?,
             "--channels-last" => channels_last = true,
+            "--bf16" => bf16 = true,
             s if s.starts_with("--") => bail!("unknown option {s}"),
             _ => data = PathBuf::from(a),
         }
@@ -77,7 +87,7 @@ fn main() -> Result<()> {
     let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
     let opt = Optimizer::new(OptimConfig::new(OptimizerKind::Adam), params.into_iter().map(|(n, v)| (n, v, true)).collect())?;
-    let mut b = Bench { net, opt, device };
+    let mut b = Bench { net, opt, device, bf16 };
     let s = size as i64;
 
     // Pre-made tensors: the model-only ceiling.

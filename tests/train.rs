@@ -219,6 +219,32 @@ fn channels_last_is_recorded_keeps_the_standard_layout_and_resumes_exactly() {
     assert_same_weights(&straight.join("last.safetensors"), &resumed.join("last.safetensors"));
 }
 
+/// `--amp --amp-dtype bf16` runs autocast on the CPU (no loss scaling) and trains; fp16
+/// autocast needs CUDA, so `--amp` alone on a CPU says so on stderr and trains in fp32.
+#[test]
+fn bf16_mixed_precision_trains_on_cpu_and_fp16_falls_back_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bf16, fp16) = (dir.path().join("bf16"), dir.path().join("fp16"));
+    let mut a = base_args(&bf16, 2);
+    a.extend(["--amp", "--amp-dtype", "bf16", "--device", "cpu", "--lr", "3e-3"].map(String::from));
+    let out = ok(&a);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(bf16 autocast)"), "{}", String::from_utf8_lossy(&out.stdout));
+    let cfg = RunConfig::load(&bf16).unwrap();
+    assert_eq!((cfg.train["amp"].clone(), cfg.train["amp_dtype"].clone()), (true.into(), "bf16".into()));
+    let h = read_history(&bf16.join("history.csv")).unwrap();
+    assert_eq!(h.len(), 2);
+    assert!(h.iter().all(|r| r.train_loss.is_finite() && r.val_loss.is_finite()), "{:?}", results(&h));
+    // Weights stay float32 (autocast casts per op) and load like any other run's.
+    assert!(tensors(&bf16.join("best.safetensors")).iter().all(|(_, t)| t.kind() != tch::Kind::BFloat16));
+
+    let mut a = base_args(&fp16, 1);
+    a.extend(["--amp", "--device", "cpu"].map(String::from));
+    let out = ok(&a);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fp16 mixed precision (--amp) needs CUDA; training in fp32"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("autocast"));
+}
+
 /// Equal, counting NaN as equal to NaN (the validation columns of a run without validation).
 fn same_results(a: &[HistoryRow], b: &[HistoryRow]) -> bool {
     let (ra, rb) = (results(a), results(b));

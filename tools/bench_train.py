@@ -26,6 +26,7 @@ p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--device", default="cpu")
 p.add_argument("--channels-last", action="store_true")
 p.add_argument("--fused", action="store_true", help="Adam(fused=True), as sorbier's default")
+p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
 a = p.parse_args()
 
 torch.manual_seed(0)
@@ -43,7 +44,9 @@ loss_fn = torch.nn.CrossEntropyLoss()
 
 
 def step(x, y):
-    loss = loss_fn(model(x), y)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+        logits = model(x)
+    loss = loss_fn(logits.float(), y)
     opt.zero_grad()
     loss.backward()
     opt.step()

@@ -27,28 +27,33 @@ row() { ROWS+=("$(printf '%-44s %s' "$1" "$2")"); }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-# 1. Training steps through the trainer (fp32, then fp16 autocast with loss scaling).
-for amp in "" "--amp"; do
-  if $T/trainer train "$DATA/train" --out "$W/run$amp" --arch "$ARCH" --image-size "$SIZE" --epochs 2 \
-       --max-steps-per-epoch 20 --batch-size "$BATCH" --workers "$WORKERS" --device "$DEVICE" $amp --quiet --no-report >"$W/train$amp.log" 2>&1; then
-    row "trainer $ARCH $DEVICE ${amp:-fp32}: 2×20 steps" "ok, $(grep -o '[0-9.]* img/s' "$W/train$amp.log" | tail -n1), $(grep -m1 '^device' "$W/train$amp.log")"
+# 1. Training steps through the trainer: fp32, fp16 autocast with loss scaling, bf16 autocast
+#    with channels-last.
+for amp in "" "--amp" "--amp --amp-dtype bf16 --channels-last"; do
+  tag=${amp// /}
+  if $T/trainer train "$DATA/train" --out "$W/run$tag" --arch "$ARCH" --image-size "$SIZE" --epochs 2 \
+       --max-steps-per-epoch 20 --batch-size "$BATCH" --workers "$WORKERS" --device "$DEVICE" $amp --quiet --no-report >"$W/train$tag.log" 2>&1; then
+    row "trainer $ARCH $DEVICE ${amp:-fp32}: 2×20 steps" "ok, $(grep -o '[0-9.]* img/s' "$W/train$tag.log" | tail -n1), $(grep -m1 '^device' "$W/train$tag.log")"
   else
-    row "trainer $ARCH $DEVICE ${amp:-fp32}" "FAILED: $(tail -n 3 "$W/train$amp.log" | tr '\n' ' ')"
+    row "trainer $ARCH $DEVICE ${amp:-fp32}" "FAILED: $(tail -n 3 "$W/train$tag.log" | tr '\n' ' ')"
   fi
 done
 
-# 2. Training throughput: JPEG pipeline vs pre-made tensors, sorbier and PyTorch eager.
+# 2. Training throughput: JPEG pipeline vs pre-made tensors, sorbier and PyTorch eager, in
+#    fp32 (sorbier's fused Adam against PyTorch's default), then bf16 autocast + channels-last.
 B=(--arch "$ARCH" --size "$SIZE" --batch "$BATCH" --workers "$WORKERS" --steps "$STEPS" --device "$DEVICE")
-rs=$($T/examples/bench_train "$DATA/train" "${B[@]}" 2>"$W/bench_rs.err") || rs="sorbier failed $(tail -n 2 "$W/bench_rs.err" | tr '\n' ' ')"
-pt=$("$PYTHON" tools/bench_train.py "$DATA/train" "${B[@]}" 2>"$W/bench_pt.err") || pt="pytorch failed $(tail -n 2 "$W/bench_pt.err" | tr '\n' ' ')"
-all="$rs"$'\n'"$pt"
-for e in sorbier pytorch; do
-  get() { awk -v e="$e" -v k="$1" '$1==e && $2==k {print $3}' <<<"$all"; }
-  if grep -q "^$e failed" <<<"$all"; then
-    row "train img/s $e" "FAILED: $(grep "^$e failed" <<<"$all" | cut -d' ' -f3-)"
-  else
-    row "train img/s $e $ARCH $SIZE b$BATCH (tensors/jpeg/ratio)" "$(get tensors) / $(get jpeg) / $(get ratio)"
-  fi
+for variant in "" "--bf16 --channels-last"; do
+  rs=$($T/examples/bench_train "$DATA/train" "${B[@]}" $variant 2>"$W/bench_rs.err") || rs="sorbier failed $(tail -n 2 "$W/bench_rs.err" | tr '\n' ' ')"
+  pt=$("$PYTHON" tools/bench_train.py "$DATA/train" "${B[@]}" $variant 2>"$W/bench_pt.err") || pt="pytorch failed $(tail -n 2 "$W/bench_pt.err" | tr '\n' ' ')"
+  all="$rs"$'\n'"$pt"
+  for e in sorbier pytorch; do
+    get() { awk -v e="$e" -v k="$1" '$1==e && $2==k {print $3}' <<<"$all"; }
+    if grep -q "^$e failed" <<<"$all"; then
+      row "train img/s $e ${variant:-fp32}" "FAILED: $(grep "^$e failed" <<<"$all" | cut -d' ' -f3-)"
+    else
+      row "train img/s $e $ARCH $SIZE b$BATCH ${variant:-fp32} (tensors/jpeg/ratio)" "$(get tensors) / $(get jpeg) / $(get ratio)"
+    fi
+  done
 done
 
 # 3. Export, then the predictor on the exported model (the CUDA execution provider when

@@ -9,6 +9,7 @@
 //!   `load_state_dict(strict=True)` do).
 //! - [`select_device`] turns `--device auto|cpu|cuda[:N]` into a `tch::Device`, never falling
 //!   back silently.
+pub mod autocast;
 mod device;
 pub mod memory_format;
 mod pickle;

@@ -30,6 +30,7 @@ use super::{Runtime, Sampling, TrainMode, TrainSettings};
 use crate::data::split::{self, SplitSpec};
 use crate::data::{sampler, Batch, Dataset, Loader, LoaderConfig, Mode};
 use crate::metrics::{Metrics, MetricsAccumulator};
+use crate::model::autocast::{autocast, AmpDtype};
 use crate::model::{self, ResNet};
 use crate::run::{Checkpoint, CheckpointInfo, RunConfig, HISTORY};
 
@@ -100,8 +101,16 @@ fn images_tensor(batch: &Batch, device: Device, channels_last: bool) -> Result<T
     }
 }
 
+/// Float32 logits of `model`, under autocast when mixed precision is on.
+fn forward(model: &ResNet, x: &Tensor, train: bool, device: Device, amp: Option<AmpDtype>) -> Result<Tensor> {
+    match amp {
+        Some(dtype) => Ok(autocast(device, dtype, || model.forward_t(x, train))?.to_kind(Kind::Float)),
+        None => Ok(model.forward_t(x, train)),
+    }
+}
+
 /// The validation pass: metrics and the confusion matrix.
-fn evaluate(model: &ResNet, loader: Loader, classes: usize, device: Device, amp: bool, channels_last: bool, images: usize) -> Result<MetricsAccumulator> {
+fn evaluate(model: &ResNet, loader: Loader, classes: usize, device: Device, amp: Option<AmpDtype>, channels_last: bool, images: usize) -> Result<MetricsAccumulator> {
     let mut acc = MetricsAccumulator::new(classes);
     let mut failures = Failures::new(images, "validation");
     for batch in loader {
@@ -110,7 +119,7 @@ fn evaluate(model: &ResNet, loader: Loader, classes: usize, device: Device, amp:
             continue;
         }
         let x = images_tensor(&batch, device, channels_last)?;
-        let logits = tch::no_grad(|| if amp { tch::autocast(true, || model.forward_t(&x, false)) } else { model.forward_t(&x, false) });
+        let logits = tch::no_grad(|| forward(model, &x, false, device, amp))?;
         let logits = logits.to_kind(Kind::Float).to_device(Device::Cpu).contiguous().view([-1]);
         let v = Vec::<f32>::try_from(&logits).context("cannot read validation logits")?;
         acc.push_i64(&v, &batch.labels)?;
@@ -161,17 +170,23 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
     super::check_split(&cfg.split, s)?;
     let validate = cfg.split.has_validation();
     let device = model::select_device(&rt.device)?;
-    let amp = s.amp && device.is_cuda();
-    if s.amp && !amp {
-        eprintln!("mixed precision (--amp) needs CUDA; training in fp32");
-    }
+    // fp16 autocast with loss scaling on CUDA; bf16 on CUDA or CPU, without scaling.
+    let amp = match (s.amp, s.amp_dtype) {
+        (false, _) => None,
+        (true, AmpDtype::Fp16) if !device.is_cuda() => {
+            eprintln!("fp16 mixed precision (--amp) needs CUDA; training in fp32 (--amp-dtype bf16 also runs on CPU)");
+            None
+        }
+        (true, dtype) => Some(dtype),
+    };
+    let scaled = amp == Some(AmpDtype::Fp16);
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
     println!(
         "device {}{}{}, {} loader workers",
         describe(device),
-        if amp { " (fp16 autocast)" } else { "" },
+        amp.map(|d| format!(" ({d} autocast)")).unwrap_or_default(),
         if s.channels_last { " channels-last" } else { "" },
         rt.workers
     );
@@ -279,7 +294,7 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
     let mut best: Option<Best> = None;
     let mut history: Vec<HistoryRow> = Vec::new();
     let mut global_step = 0u64;
-    let mut loss_scale = if amp { AMP_INIT_SCALE } else { 1.0 };
+    let mut loss_scale = if scaled { AMP_INIT_SCALE } else { 1.0 };
     let mut good_steps = 0u32;
     if resume {
         let st = ResumeState::load(dir)?;
@@ -291,7 +306,7 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
         best = st.best;
         start_epoch = st.epoch;
         global_step = st.global_step;
-        if amp && st.loss_scale > 1.0 {
+        if scaled && st.loss_scale > 1.0 {
             loss_scale = st.loss_scale;
         }
         history = files::read_history(&dir.join(HISTORY))?;
@@ -351,10 +366,10 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
             let x = images_tensor(&batch, device, s.channels_last)?;
             let y = Tensor::from_slice(&batch.labels).to_device(device);
             let lr = schedule.lr(epoch, step);
-            let logits = if amp { tch::autocast(true, || net.forward_t(&x, true)).to_kind(Kind::Float) } else { net.forward_t(&x, true) };
+            let logits = forward(&net, &x, true, device, amp)?;
             let loss = loss::cross_entropy(&logits, &y, class_weight.as_ref(), s.label_smoothing);
             let mut take_step = true;
-            let grads = if amp {
+            let grads = if scaled {
                 let grads = opt.gradients(&(&loss * loss_scale))?;
                 take_step = unscale_grads(&grads, loss_scale)?;
                 if take_step {

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::Arch;
+use crate::model::autocast::AmpDtype;
 use crate::data::split::SplitSpec;
 use crate::run::RunConfig;
 use crate::transforms::{Augment, Preprocess};
@@ -199,9 +200,13 @@ pub struct TrainArgs {
     /// auto, cpu, cuda or cuda:N [default: auto]. Asking for CUDA where there is none is an error.
     #[arg(long)]
     pub device: Option<String>,
-    /// Mixed precision (CUDA fp16 autocast with dynamic loss scaling). Off by default.
+    /// Mixed precision: autocast to --amp-dtype. Off by default.
     #[arg(long)]
     pub amp: bool,
+    /// fp16 (with dynamic loss scaling; CUDA only) or bf16 (no scaling; CUDA Ampere or later,
+    /// or CPU).
+    #[arg(long, value_enum, default_value_t = AmpDtype::Fp16)]
+    pub amp_dtype: AmpDtype,
     /// Channels-last (NHWC) weights and batches: oneDNN's NHWC convolutions on CPU, cuDNN's
     /// tensor-core layout on CUDA (`model.to(memory_format=torch.channels_last)`).
     #[arg(long)]
@@ -260,6 +265,9 @@ pub struct TrainSettings {
     pub best_metric: BestMetric,
     pub max_steps_per_epoch: Option<usize>,
     pub amp: bool,
+    /// Absent from runs recorded before bf16 was supported: fp16.
+    #[serde(default)]
+    pub amp_dtype: AmpDtype,
     /// Channels-last weights and batches during training (checkpoints stay in the standard
     /// layout). Absent from runs recorded before it existed: off.
     #[serde(default)]
@@ -351,6 +359,7 @@ impl TrainArgs {
             best_metric: self.best_metric,
             max_steps_per_epoch: self.max_steps_per_epoch,
             amp: self.amp,
+            amp_dtype: self.amp_dtype,
             channels_last: self.channels_last,
             drop_last: true,
             runtime: self.runtime(None),
