@@ -6,17 +6,18 @@
 //! float16 needs loss scaling (the trainer does it) and CUDA here; bfloat16 has float32's
 //! range, needs no scaling, and runs on CUDA (Ampere and later) and on CPU (fast only where
 //! the CPU has bf16 instructions).
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int};
 use std::fmt;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::Device;
+
+use super::shim;
 
 extern "C" {
     fn sorbier_autocast_enter(cuda: c_int, bf16: c_int, prev_enabled: *mut c_int, prev_dtype: *mut c_int) -> *mut c_char;
     fn sorbier_autocast_exit(cuda: c_int, prev_enabled: c_int, prev_dtype: c_int) -> *mut c_char;
-    fn sorbier_free_error(error: *mut c_char);
 }
 
 /// The lower precision of a mixed-precision region (`--amp-dtype`).
@@ -39,16 +40,6 @@ impl fmt::Display for AmpDtype {
     }
 }
 
-fn check(error: *mut c_char, what: &str) -> Result<()> {
-    if error.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a NUL-terminated strdup'd message, freed once.
-    let msg = unsafe { CStr::from_ptr(error) }.to_string_lossy().lines().next().unwrap_or("").to_string();
-    unsafe { sorbier_free_error(error) };
-    bail!("{what}: {msg}")
-}
-
 /// Restores the autocast state on drop (also while unwinding).
 struct Region {
     cuda: c_int,
@@ -60,7 +51,7 @@ impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: plain values; the shim catches every C++ exception.
         let e = unsafe { sorbier_autocast_exit(self.cuda, self.prev_enabled, self.prev_dtype) };
-        if let Err(e) = check(e, "leaving autocast") {
+        if let Err(e) = shim::check(e, || "leaving autocast".into()) {
             eprintln!("warning: {e:#}");
         }
     }
@@ -72,7 +63,7 @@ pub fn autocast<T>(device: Device, dtype: AmpDtype, f: impl FnOnce() -> T) -> Re
     let (mut prev_enabled, mut prev_dtype) = (0, 0);
     // SAFETY: the out-pointers are live locals.
     let e = unsafe { sorbier_autocast_enter(cuda, (dtype == AmpDtype::Bf16) as c_int, &mut prev_enabled, &mut prev_dtype) };
-    check(e, &format!("cannot enter {dtype} autocast on {device:?}"))?;
+    shim::check(e, || format!("cannot enter {dtype} autocast on {device:?}"))?;
     let _region = Region { cuda, prev_enabled, prev_dtype };
     Ok(f())
 }

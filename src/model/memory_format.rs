@@ -6,15 +6,16 @@
 //! Nothing outside training sees the layout: checkpoints are written in the default layout
 //! (`save_safetensors` makes every tensor contiguous), loading copies into whatever layout a
 //! variable has, and optimiser state follows its parameter's layout.
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void};
 
 use anyhow::{bail, Result};
 use tch::{nn, Tensor};
 
+use super::shim;
+
 extern "C" {
     fn sorbier_contiguous_as(t: *mut c_void, channels_last: c_int, out: *mut *mut c_void) -> *mut c_char;
     fn sorbier_is_channels_last(t: *mut c_void) -> c_int;
-    fn sorbier_free_error(error: *mut c_char);
 }
 
 /// `t` in channels-last layout (`t.contiguous(memory_format=torch.channels_last)`); 4-D only.
@@ -33,21 +34,16 @@ fn contiguous_as(t: &Tensor, channels_last: bool) -> Result<Tensor> {
     }
     let mut out: *mut c_void = std::ptr::null_mut();
     // SAFETY: `t` is a live tch tensor; on success `out` is a new heap at::Tensor we own.
-    let e = unsafe { sorbier_contiguous_as(t.as_ptr() as *mut c_void, channels_last as c_int, &mut out) };
-    if !e.is_null() {
-        // SAFETY: a NUL-terminated strdup'd message, freed once.
-        let msg = unsafe { CStr::from_ptr(e) }.to_string_lossy().lines().next().unwrap_or("").to_string();
-        unsafe { sorbier_free_error(e) };
-        bail!("cannot change the memory format of a {:?} tensor: {msg}", t.size());
-    }
-    // SAFETY: as above; tch frees it on drop.
-    Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
+    let e = unsafe { sorbier_contiguous_as(shim::raw(t), channels_last as c_int, &mut out) };
+    shim::check(e, || format!("cannot change the memory format of a {:?} tensor", t.size()))?;
+    // SAFETY: allocated by the shim on success.
+    Ok(unsafe { shim::adopt(out) })
 }
 
 /// Whether `t` is dense in channels-last order.
 pub fn is_channels_last(t: &Tensor) -> bool {
     // SAFETY: `t` is a live tch tensor; the call only reads its strides.
-    t.defined() && unsafe { sorbier_is_channels_last(t.as_ptr() as *mut c_void) } == 1
+    t.defined() && unsafe { sorbier_is_channels_last(shim::raw(t)) } == 1
 }
 
 /// Re-lays every 4-D variable of `vs` (the convolution weights) in channels-last order, in

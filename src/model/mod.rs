@@ -14,6 +14,7 @@ mod device;
 pub mod memory_format;
 mod pickle;
 mod resnet;
+pub(crate) mod shim;
 mod weights;
 
 pub use device::select_device;

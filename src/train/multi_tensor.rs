@@ -8,13 +8,14 @@
 //! The tensors must be defined, on one device, and (for the optimiser) float parameters with
 //! gradients of their own dtype and shape; ATen checks this and its message comes back as an
 //! error.
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void};
 
 use anyhow::{bail, Result};
 use tch::Tensor;
 
+use crate::model::shim;
+
 extern "C" {
-    fn sorbier_free_error(error: *mut c_char);
     fn sorbier_fused_adam(
         params: *const *mut c_void,
         grads: *const *mut c_void,
@@ -61,25 +62,15 @@ fn ptrs(ts: &[&Tensor]) -> Result<Vec<*mut c_void>> {
     if let Some(i) = ts.iter().position(|t| !t.defined()) {
         bail!("tensor {i} of {} is undefined", ts.len());
     }
-    Ok(ts.iter().map(|t| t.as_ptr() as *mut c_void).collect())
+    Ok(ts.iter().map(|t| shim::raw(t)).collect())
 }
 
 fn count(n: usize) -> Result<c_int> {
     c_int::try_from(n).map_err(|_| anyhow::anyhow!("{n} tensors are too many for one call"))
 }
 
-/// Turns the shim's return value into a `Result`, freeing the message.
 fn check(error: *mut c_char, what: &str) -> Result<()> {
-    if error.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a non-null return is a NUL-terminated string from strdup, ours to free once.
-    let msg = unsafe { CStr::from_ptr(error) }
-        .to_string_lossy()
-        .into_owned();
-    unsafe { sorbier_free_error(error) };
-    let first = msg.lines().next().unwrap_or("").to_string();
-    bail!("{what}: {first}")
+    shim::check(error, || what.to_string())
 }
 
 fn same_len(what: &str, n: usize, others: &[usize]) -> Result<()> {
@@ -225,8 +216,8 @@ pub fn clip_grad_norm(grads: &[&Tensor], max_norm: f64) -> Result<Tensor> {
     if total.is_null() {
         bail!("clipping the gradient norm returned no norm");
     }
-    // SAFETY: `total` came from `new at::Tensor`, which tch frees on drop.
-    Ok(unsafe { Tensor::from_ptr(total as *mut torch_sys::C_tensor) })
+    // SAFETY: allocated by the shim on success.
+    Ok(unsafe { shim::adopt(total) })
 }
 
 /// `clip_grad_value_(foreach=True)` in place: every element clamped to `[-clip, clip]`.
