@@ -155,5 +155,16 @@ def loss():
     return out
 
 
-print(json.dumps({"torch": torch.__version__, "step_lr": step_lr(), "plateau": plateau(),
+def grad_scaler():
+    """GradScaler's scale update (the op GradScaler.update calls) over a pattern of overflows."""
+    pattern = [0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0]
+    scale, tracker = torch.full((1,), 65536.0), torch.zeros((1,), dtype=torch.int32)
+    after = []
+    for inf in pattern:
+        torch._amp_update_scale_(scale, tracker, torch.full((1,), float(inf)), 2.0, 0.5, 3)
+        after.append([float(scale), int(tracker)])
+    return {"growth_interval": 3, "found_inf": pattern, "after": after}
+
+
+print(json.dumps({"torch": torch.__version__, "grad_scaler": grad_scaler(), "step_lr": step_lr(), "plateau": plateau(),
                   "warmup_cosine": warmup_cosine(), "clip": clip(), "optim": optim(), "loss": loss()}))

@@ -164,6 +164,9 @@ pub struct ResumeState {
     pub seed: u64,
     /// AMP loss scale (1 when AMP is off).
     pub loss_scale: f64,
+    /// Finite fp16 steps since the loss scale last changed (absent before it was recorded).
+    #[serde(default)]
+    pub amp_growth_tracker: u32,
 }
 
 impl ResumeState {

@@ -23,6 +23,7 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use super::files::{self, Best, Commit, HistoryRow, ResumeState, BEST_CONFUSION, BEST_PER_CLASS, LAST_STATE_JSON, LAST_STATE_TENSORS};
+use super::amp::LossScaler;
 use super::loss;
 use super::optim::{self, Optimizer};
 use super::schedule::LrSchedule;
@@ -37,8 +38,6 @@ use crate::run::{Checkpoint, CheckpointInfo, RunConfig, HISTORY};
 /// Largest share of an epoch's images that may fail to load before training stops.
 const MAX_FAILED_FRACTION: f64 = 0.01;
 /// AMP dynamic loss scaling (PyTorch `GradScaler` defaults).
-const AMP_INIT_SCALE: f64 = 65536.0;
-const AMP_GROWTH_INTERVAL: u32 = 2000;
 
 /// A 64-bit mix (splitmix64) so that nearby `(seed, epoch)` pairs give unrelated streams.
 pub fn mix(seed: u64, epoch: u64) -> u64 {
@@ -294,8 +293,7 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
     let mut best: Option<Best> = None;
     let mut history: Vec<HistoryRow> = Vec::new();
     let mut global_step = 0u64;
-    let mut loss_scale = if scaled { AMP_INIT_SCALE } else { 1.0 };
-    let mut good_steps = 0u32;
+    let mut scaler = scaled.then(LossScaler::default);
     if resume {
         let st = ResumeState::load(dir)?;
         model::load_weights(&mut vs, &Checkpoint::Last.weights(dir), &spec, false)?;
@@ -306,8 +304,9 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
         best = st.best;
         start_epoch = st.epoch;
         global_step = st.global_step;
-        if scaled && st.loss_scale > 1.0 {
-            loss_scale = st.loss_scale;
+        if let Some(sc) = scaler.as_mut().filter(|_| st.loss_scale > 1.0) {
+            sc.scale = st.loss_scale;
+            sc.growth_tracker = st.amp_growth_tracker;
         }
         history = files::read_history(&dir.join(HISTORY))?;
         history.retain(|r| r.epoch <= st.epoch);
@@ -368,25 +367,12 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
             let lr = schedule.lr(epoch, step);
             let logits = forward(&net, &x, true, device, amp)?;
             let loss = loss::cross_entropy(&logits, &y, class_weight.as_ref(), s.label_smoothing);
-            let mut take_step = true;
-            let grads = if scaled {
-                let grads = opt.gradients(&(&loss * loss_scale))?;
-                take_step = unscale_grads(&grads, loss_scale)?;
-                if take_step {
-                    good_steps += 1;
-                    if good_steps == AMP_GROWTH_INTERVAL {
-                        loss_scale *= 2.0;
-                        good_steps = 0;
-                    }
-                } else {
-                    loss_scale /= 2.0;
-                    good_steps = 0;
-                }
-                grads
-            } else {
-                opt.gradients(&loss)?
+            // None: fp16 overflow, the step is skipped (and the loss scale has halved).
+            let grads = match scaler.as_mut() {
+                Some(sc) => sc.gradients(&opt, &loss)?,
+                None => Some(opt.gradients(&loss)?),
             };
-            if take_step {
+            if let Some(grads) = grads {
                 if let Some(v) = s.clip_value {
                     optim::clip_grad_value(&grads, v)?;
                 }
@@ -395,7 +381,6 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
                 }
                 opt.step(&grads, lr)?;
             }
-            drop(grads);
             global_step += 1;
             let n = batch.len();
             seen += n;
@@ -485,7 +470,8 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
             schedule: schedule.clone(),
             best: best.clone(),
             seed: cfg.seed,
-            loss_scale,
+            loss_scale: scaler.as_ref().map_or(1.0, |sc| sc.scale),
+            amp_growth_tracker: scaler.as_ref().map_or(0, |sc| sc.growth_tracker),
         };
         commit.bytes(LAST_STATE_JSON, serde_json::to_string_pretty(&state)?.as_bytes())?;
         commit.finish()?;
@@ -524,12 +510,4 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
         println!("trained on every image for {} epochs (no validation); best.safetensors = last epoch; run directory {}", s.epochs, dir.display());
     }
     Ok(())
-}
-
-/// AMP: divides the gradients by the loss scale (one foreach kernel, as
-/// `GradScaler.unscale_`); `false` (skip the step) if any element is not finite.
-fn unscale_grads(grads: &[Tensor], scale: f64) -> Result<bool> {
-    let grads: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
-    let found_inf = tch::no_grad(|| super::multi_tensor::amp_unscale(&grads, scale))?;
-    Ok(found_inf.double_value(&[]) == 0.0)
 }

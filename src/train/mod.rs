@@ -17,6 +17,7 @@ use crate::data::split::SplitSpec;
 use crate::run::RunConfig;
 use crate::transforms::{Augment, Preprocess};
 
+pub mod amp;
 mod fit;
 pub mod files;
 pub mod loss;

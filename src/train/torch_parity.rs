@@ -209,3 +209,13 @@ fn loss_matches_torch_cross_entropy() {
         assert!((got - want).abs() < 1e-6, "{case}: {got} vs {want}");
     }
 }
+
+#[test]
+fn loss_scaling_matches_torch_grad_scaler() {
+    let r = &reference()["grad_scaler"];
+    let mut sc = super::amp::LossScaler { growth_interval: r["growth_interval"].as_u64().unwrap() as u32, ..Default::default() };
+    for (step, (inf, want)) in r["found_inf"].as_array().unwrap().iter().zip(r["after"].as_array().unwrap()).enumerate() {
+        sc.update(inf.as_u64().unwrap() == 1);
+        assert_eq!((sc.scale, sc.growth_tracker as u64), (want[0].as_f64().unwrap(), want[1].as_u64().unwrap()), "step {step}");
+    }
+}
