@@ -37,7 +37,6 @@ use crate::run::{Checkpoint, CheckpointInfo, RunConfig, HISTORY};
 
 /// Largest share of an epoch's images that may fail to load before training stops.
 const MAX_FAILED_FRACTION: f64 = 0.01;
-/// AMP dynamic loss scaling (PyTorch `GradScaler` defaults).
 
 /// A 64-bit mix (splitmix64) so that nearby `(seed, epoch)` pairs give unrelated streams.
 pub fn mix(seed: u64, epoch: u64) -> u64 {
