@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+mod common;
+
 use sorbier::arch::Arch;
 use sorbier::export::{self, ExportArgs};
 use sorbier::run::Checkpoint;
@@ -242,25 +244,12 @@ fn existing_output_needs_force() {
 #[cfg(feature = "predict")]
 mod with_onnxruntime {
     use super::*;
-    use ort::environment::Environment;
     use ort::session::Session;
     use sorbier::meta::ModelMeta;
     use sorbier::run::{CheckpointInfo, RunConfig};
 
-    fn env() -> &'static Environment {
-        static ENV: OnceLock<Environment> = OnceLock::new();
-        ENV.get_or_init(|| {
-            let lib = std::env::var("ORT_DYLIB_PATH").unwrap_or_else(|_| env!("ORT_DYLIB_PATH").to_string());
-            ort::init_from(&lib)
-                .unwrap_or_else(|e| panic!("cannot load ONNX Runtime from {lib}: {e}"))
-                .with_name("sorbier-export-tests")
-                .build()
-                .unwrap()
-        })
-    }
-
     fn session(path: &Path) -> ort::Result<Session> {
-        Session::builder(env())?.with_intra_threads(1)?.commit_from_file(path)
+        Session::builder(crate::common::ort_env())?.with_intra_threads(1)?.commit_from_file(path)
     }
 
     /// Logits of the model at `path` for the first `n` reference images of `arch`.

@@ -8,11 +8,13 @@
 //! trainer's weights (names, BatchNorm statistics, dropout) to the predictor's graph.
 #![cfg(all(feature = "train", feature = "predict"))]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
-use ort::environment::Environment;
+use common::ort_env;
 use ort::session::Session;
 use sorbier::arch::Arch;
 use sorbier::data::split::SplitSpec;
@@ -39,18 +41,6 @@ const SIZE: i64 = 64;
 const BATCH: i64 = 2;
 /// Images in the BatchNorm calibration batch.
 const CALIBRATION_BATCH: i64 = 8;
-
-fn ort_env() -> &'static Environment {
-    static ENV: OnceLock<Environment> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let lib = std::env::var("ORT_DYLIB_PATH").unwrap_or_else(|_| env!("ORT_DYLIB_PATH").to_string());
-        ort::init_from(&lib)
-            .unwrap_or_else(|e| panic!("cannot load ONNX Runtime from {lib}: {e}"))
-            .with_name("sorbier-export-trainer-tests")
-            .build()
-            .unwrap()
-    })
-}
 
 /// Logits of the ONNX model at `path` for `input` (`BATCH`×3×`SIZE`×`SIZE`).
 fn ort_logits(path: &Path, input: &[f32]) -> (Vec<usize>, Vec<f32>) {
