@@ -118,7 +118,7 @@ fn evaluate(model: &ResNet, loader: Loader, classes: usize, device: Device, amp:
         }
         let x = images_tensor(&batch, device, channels_last)?;
         let logits = tch::no_grad(|| forward(model, &x, false, device, amp))?;
-        let logits = logits.to_kind(Kind::Float).to_device(Device::Cpu).contiguous().view([-1]);
+        let logits = logits.to_device(Device::Cpu).contiguous().view([-1]);
         let v = Vec::<f32>::try_from(&logits).context("cannot read validation logits")?;
         acc.push_i64(&v, &batch.labels)?;
     }
