@@ -45,6 +45,7 @@ fn run(paths: &Arc<[PathBuf]>, labels: &Arc<[i64]>, order: Vec<usize>, mode: Mod
     let t = Instant::now();
     let mut n = 0;
     for b in Loader::new(paths.clone(), labels.clone(), order, mode, cfg) {
+        let b = b?;
         if let Some((idx, err)) = b.failed.first() {
             bail!("item {idx} failed: {err}");
         }

@@ -1,10 +1,15 @@
-//! sorbier: fine-tune torchvision-compatible ResNets on a folder of labelled plant photos
-//! with libtorch, export them to self-describing ONNX, and predict with ONNX Runtime.
+//! sorbier's core: everything the trainer and the predictor share, with neither libtorch nor
+//! ONNX Runtime behind it.
 //!
-//! Stages, one module each: [`data`] → [`transforms`] → `model` → `train` → [`export`] →
-//! `predict` → [`report`]. [`arch`] describes the networks once for both libtorch and ONNX;
-//! [`run`] is the run-directory contract between training and export; [`meta`] the model card
-//! inside every ONNX file, the only thing the predictor trusts.
+//! The workspace is one crate per side (see the README's layout section):
+//! - this crate (`sorbier`): [`data`] → [`transforms`] → [`export`] → [`report`], plus
+//!   [`arch`] (the networks described once, for libtorch and for ONNX), [`run`] (the
+//!   run-directory contract between training and export), [`meta`] (the model card inside
+//!   every ONNX file, the only thing the predictor trusts), [`metrics`] and [`onnx`];
+//! - `sorbier-train` (`crates/train`): the libtorch model, the training loop and the `trainer`
+//!   binary — the only crate that links libtorch;
+//! - `sorbier-predict` (`crates/predict`): ONNX Runtime inference and the `predictor` binary,
+//!   which no build can link to libtorch because nothing in its dependency graph does.
 pub mod arch;
 pub mod data;
 pub mod export;
@@ -14,14 +19,6 @@ pub mod onnx;
 pub mod report;
 pub mod run;
 pub mod transforms;
-
-#[cfg(feature = "train")]
-pub mod model;
-#[cfg(feature = "train")]
-pub mod train;
-
-#[cfg(feature = "predict")]
-pub mod predict;
 
 /// The crate version, recorded in run directories and ONNX metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

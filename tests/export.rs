@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 mod common;
 
 use sorbier::arch::Arch;
-use sorbier::export::{self, ExportArgs};
+use sorbier::export::{self, ExportOptions};
 use sorbier::run::Checkpoint;
 
 /// fp32: ONNX Runtime against torchvision, `max|diff| ≤ FP32_TOL · max|logit|`. Both sides
@@ -123,8 +123,8 @@ fn broken_run(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
     dir
 }
 
-fn args(run_dir: &Path, output: &Path) -> ExportArgs {
-    ExportArgs {
+fn args(run_dir: &Path, output: &Path) -> ExportOptions {
+    ExportOptions {
         run_dir: run_dir.to_path_buf(),
         checkpoint: Checkpoint::Best,
         output: Some(output.to_path_buf()),
@@ -142,10 +142,10 @@ fn edit_config(run: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 }
 
 /// Runs `args` and returns its error message, checking that no output (or temporary) file appeared.
-fn export_error(args: &ExportArgs) -> String {
+fn export_error(args: &ExportOptions) -> String {
     let out_dir = args.output.as_ref().unwrap().parent().unwrap();
     let before = if out_dir.is_dir() { files_in(out_dir) } else { vec![] };
-    let err = format!("{:#}", export::run(args).unwrap_err());
+    let err = format!("{:#}", export::export(args).unwrap_err());
     if out_dir.is_dir() {
         assert_eq!(files_in(out_dir), before, "export left files behind after: {err}");
     }
@@ -170,7 +170,7 @@ fn missing_checkpoint_is_a_clear_error() {
     // The other checkpoint is still exportable.
     let mut a = args(run.path(), &out.path().join("m.onnx"));
     a.checkpoint = Checkpoint::Last;
-    export::run(&a).unwrap();
+    export::export(&a).unwrap();
     assert!(out.path().join("m.onnx").is_file());
     let missing_dir = out.path().join("nope");
     let err = export_error(&args(&missing_dir, &out.path().join("n.onnx")));
@@ -231,17 +231,16 @@ fn existing_output_needs_force() {
     let path = out.path().join("m.onnx");
     std::fs::write(&path, b"previous").unwrap();
     let mut a = args(&run_dir(Arch::Resnet18), &path);
-    let err = format!("{:#}", export::run(&a).unwrap_err());
+    let err = format!("{:#}", export::export(&a).unwrap_err());
     assert!(err.contains("already exists") && err.contains("--force"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"previous");
     a.force = true;
-    export::run(&a).unwrap();
+    export::export(&a).unwrap();
     let model = export::read_model(&path).unwrap();
     assert_eq!(model.producer_name.as_deref(), Some("sorbier"));
     assert_eq!(files_in(out.path()), vec!["m.onnx".to_string()]);
 }
 
-#[cfg(feature = "predict")]
 mod with_onnxruntime {
     use super::*;
     use ort::session::Session;

@@ -184,7 +184,7 @@ fn confusion_picture_scales_with_class_count() {
 fn dataset_report_on_a_tiny_synth_set() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("synth");
-    let args = sorbier::data::synth::SynthArgs { scale: 0.1, threads: Some(2), ..sorbier::data::synth::SynthArgs::new(&data) };
+    let args = sorbier::data::synth::SynthOptions { scale: 0.1, threads: Some(2), ..sorbier::data::synth::SynthOptions::new(&data) };
     sorbier::data::synth::generate(&args).unwrap();
     let ds = sorbier::data::Dataset::scan(&data.join("train")).unwrap();
     let summary = sorbier::data::inspect::summarize(&ds, None).unwrap();

@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use sorbier::data::synth::{generate, SynthArgs};
+use sorbier::data::synth::{generate, SynthOptions};
 
-fn args(out: &Path, seed: u64) -> SynthArgs {
-    SynthArgs { seed, scale: 0.1, test_per_class: 20, threads: Some(2), ..SynthArgs::new(out) }
+fn args(out: &Path, seed: u64) -> SynthOptions {
+    SynthOptions { seed, scale: 0.1, test_per_class: 20, threads: Some(2), ..SynthOptions::new(out) }
 }
 
 /// Every file under `root`, relative path → bytes.
@@ -91,7 +91,7 @@ fn same_seed_same_bytes_different_seed_differs() {
     let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
     generate(&args(&a, 1)).unwrap();
     // A different thread count must not change anything.
-    generate(&SynthArgs { threads: Some(1), ..args(&b, 1) }).unwrap();
+    generate(&SynthOptions { threads: Some(1), ..args(&b, 1) }).unwrap();
     generate(&args(&c, 2)).unwrap();
     let (ta, tb, tc) = (tree(&a), tree(&b), tree(&c));
     assert_eq!(ta.len(), tb.len());
@@ -114,11 +114,11 @@ fn refuses_non_empty_out_unless_forced() {
     // --force replaces what synth writes and leaves other files alone.
     fs::create_dir_all(out.join("train/stale")).unwrap();
     fs::write(out.join("train/stale/x.jpg"), "old").unwrap();
-    generate(&SynthArgs { force: true, ..args(&out, 0) }).unwrap();
+    generate(&SynthOptions { force: true, ..args(&out, 0) }).unwrap();
     assert!(!out.join("train/stale").exists());
     assert_eq!(fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
     assert!(out.join("solution.csv").is_file());
     // Bad arguments are refused before anything is written.
-    let e = format!("{:#}", generate(&SynthArgs { classes: 1, ..args(&dir.path().join("e"), 0) }).unwrap_err());
+    let e = format!("{:#}", generate(&SynthOptions { classes: 1, ..args(&dir.path().join("e"), 0) }).unwrap_err());
     assert!(e.contains("--classes"), "{e}");
 }

@@ -4,5 +4,5 @@
 # run. Extra arguments go to the benchmark, e.g. `--threads 2 --workers 2 --archs resnet18`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Only the predict feature: no libtorch needed, and the release build the packaging script makes is reused.
-exec cargo run --release --no-default-features --features predict --example bench_predict -- "$@"
+# The prediction crate only: no libtorch needed, and the release build the packaging script makes is reused.
+exec cargo run --release -p sorbier-predict --example bench_predict -- "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Training throughput: sorbier (examples/bench_train.rs) beside PyTorch (tools/bench_train.py),
+# Training throughput: sorbier (crates/train/examples/bench_train.rs) beside PyTorch (tools/bench_train.py),
 # each on pre-made tensors and from JPEGs through its loader, with the same model, size, batch
 # and worker count. Builds the release example if needed, then prints a table.
 #
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 data=../shared/data/flowers/train
 if [[ $# -gt 0 && $1 != --* ]]; then data=$1; shift; fi
 if [[ ${SORBIER_BENCH_NO_BUILD:-0} != 1 ]]; then
-  cargo build --release --example bench_train >&2
+  cargo build --release -p sorbier-train --example bench_train >&2
 fi
 py=${SORBIER_PYTHON:-.venv/bin/python}
 rs=$(target/release/examples/bench_train "$data" "$@")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch peer of examples/bench_train.rs: images/s of ResNet training steps (forward,
+"""PyTorch peer of crates/train/examples/bench_train.rs: images/s of ResNet training steps (forward,
 cross-entropy, backward, Adam) fed by a torchvision DataLoader over JPEGs (PIL decode +
 RandomResizedCrop + flips + ToTensor + Normalize, `--workers` processes), beside the same steps
 on pre-made tensors, and the ratio. Prints `pytorch tensors|jpeg|ratio <value>` lines.

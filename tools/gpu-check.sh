@@ -3,7 +3,7 @@
 # (this script builds nothing). Prints a short table last.
 #
 # Needs, relative to the repository root:
-#   target/release/trainer, target/release/examples/bench_train  (cargo build --release --bins --example bench_train)
+#   target/release/trainer, target/release/examples/bench_train  (cargo build --release --bins -p sorbier-train --example bench_train)
 #   target/release/predictor                                     (optional: the CUDA execution provider check)
 # and the environment:
 #   TORCH_LIB   torch/lib of a torch 2.11.0 CUDA install   (default: /opt/torch/.venv/.../torch/lib)

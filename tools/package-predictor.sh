@@ -6,7 +6,7 @@
 #     sorbier-predictor-<version>/README.txt
 #   with --with-cuda also libonnxruntime_providers_{shared,cuda}.so (the CUDA execution
 #   provider; the target machine then needs CUDA 13 and cuDNN 9).
-# The binary is built with only the `predict` feature, so it links no libtorch (checked with
+# The binary comes from the prediction crate, which has no libtorch in its dependency graph (checked with
 # ldd below); it runs on any x86_64 Linux with a glibc at least as new as the build machine's.
 # Usage: tools/package-predictor.sh [--with-cuda] [--out DIR]   (prints the archive path last)
 set -euo pipefail
@@ -32,7 +32,9 @@ if [ -z "$ORT_LIB" ]; then
   exit 1
 fi
 
-cargo build --release --no-default-features --features predict --bin predictor >&2
+# The workspace's own build (features resolved across every member, as `cargo build --release`
+# resolves them), limited to the predictor binary.
+cargo build --release --bin predictor >&2
 BIN="$ROOT/target/release/predictor"
 if ldd "$BIN" | grep -Eq 'libtorch|libc10'; then
   echo "refusing to package: $BIN links libtorch:" >&2

@@ -19,7 +19,9 @@ if [ ! -f "$STAMP" ]; then
   echo "[setup] creating venv in $VENV (torch $TORCH_VERSION, onnxruntime-gpu $ORT_VERSION)"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet \
+  # The torch wheels are large (~3 GB with their CUDA libraries): resume an interrupted
+  # download instead of failing the whole setup (pip ≥ 25.1, installed just above).
+  "$VENV/bin/python" -m pip install --quiet --retries 10 --resume-retries 20 \
     "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
     "onnxruntime-gpu==$ORT_VERSION" onnx safetensors numpy pillow
   touch "$STAMP"

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
-cargo test --all-features "$@"
+cargo test --workspace "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference values from PyTorch for sorbier's training unit tests (src/train/*).
+"""Reference values from PyTorch for sorbier's training unit tests (crates/train/src/*).
 
 Prints one JSON object to stdout: LR sequences of StepLR, ReduceLROnPlateau (on a fixed metric
 sequence, modes min and max) and LinearLR→CosineAnnealingLR via SequentialLR (plus the same via

@@ -2,34 +2,15 @@
 //! the scan passed over.
 //!
 //! [`summarize`] gathers everything into a serialisable [`Summary`] so that reports can reuse
-//! it; [`run`] prints it (or writes it as JSON).
+//! it; [`render`] makes the tables the binary prints.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::scan::{resolve_test_dir, resolve_train_dir, Dataset, ScanReport, TestSet};
-use super::stats::{class_table, default_threads, describe_counts, image_sizes, ClassRow, Describe, SizeSummary};
-
-/// Show the classes of an ImageFolder tree, their sizes and what was skipped.
-#[derive(Clone, Debug, clap::Args)]
-pub struct InspectArgs {
-    /// Dataset root: `DATA_DIR/<class>/*.jpg` (or a competition folder holding `train/`).
-    pub data_dir: PathBuf,
-    /// Read the sizes of at most N images (evenly spaced over the classes); 0 skips sizes.
-    /// All images by default. Only file headers are read.
-    #[arg(long, value_name = "N")]
-    pub sizes_sample: Option<usize>,
-    /// Print the summary as JSON instead of tables.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write pictures and tables (class sizes, sample grid, image sizes, statistics) here.
-    #[arg(long, value_name = "DIR")]
-    pub report: Option<PathBuf>,
-    /// Class-size chart on a log scale (for long-tailed data).
-    #[arg(long)]
-    pub log_scale: bool,
-}
+use super::pool::default_threads;
+use super::stats::{class_table, describe_counts, image_sizes, ClassRow, Describe, SizeSummary};
 
 /// The test half of a competition folder, when there is one.
 #[derive(Clone, Debug, Serialize)]
@@ -104,22 +85,6 @@ pub fn inspect_dataset(data_dir: &Path, sizes_sample: Option<usize>) -> Result<(
         }
     }
     Ok((ds, summary))
-}
-
-pub fn run(args: &InspectArgs) -> Result<()> {
-    let (ds, summary) = inspect_dataset(&args.data_dir, args.sizes_sample)?;
-    if let Some(dir) = &args.report {
-        let opts = crate::report::dataset::DatasetReportOptions { log_scale: args.log_scale, ..Default::default() };
-        for p in crate::report::dataset::render(&ds, &summary, dir, &opts)? {
-            eprintln!("wrote {}", p.display());
-        }
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        print!("{}", render(&summary));
-    }
-    Ok(())
 }
 
 fn fmt_num(x: f64) -> String {

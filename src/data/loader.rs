@@ -1,26 +1,21 @@
-//! Parallel batch loader: decoding and transforms run on a pool of worker threads with a
-//! bounded prefetch queue; batches come out in the given order (eval: dataset order; train:
-//! sampler order), whatever the number of workers, and are reproducible for a given seed.
+//! Parallel batch loader for training and validation: decoding and transforms run on the
+//! ordered worker pool of [`super::pool`]; batches come out in the given order (eval: dataset
+//! order; train: sampler order), whatever the number of workers, and are reproducible for a
+//! given seed.
 //!
-//! Like a PyTorch `DataLoader` with `num_workers` processes, each worker builds whole batches
-//! (batch k is claimed from a shared counter), but into one preallocated `Vec<f32>` with no
-//! collation copy. Batches travel through a bounded channel and are put back in order with a
-//! small reorder buffer. A worker may not start batch k until the consumer has taken batch
-//! `k − window` (window = prefetch + workers), so memory stays bounded even when one slow image
-//! holds up a batch. Per-item RNG: ChaCha8 seeded from `(seed, position in order)`, so the
-//! augmentations do not depend on the worker count or on scheduling.
-use std::collections::BTreeMap;
+//! Each worker builds whole batches into one preallocated `Vec<f32>` with no collation copy.
+//! Per-item RNG: ChaCha8 seeded from `(seed, position in order)`, so the augmentations do not
+//! depend on the worker count or on scheduling. A decoder that panics on one image costs that
+//! image (reported with its file name), not the batch.
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::pool::{OrderedPool, Stop};
 use crate::transforms::{eval_into, eval_tensor_len, load_rgb, train_into, Augment, Preprocess};
 
 /// Loader settings.
@@ -97,23 +92,16 @@ pub fn load_item(path: &std::path::Path, mode: &Mode, position: usize, out: &mut
     .map_err(|e| e.context(format!("transforming image {}", path.display())))
 }
 
-struct Shared {
+struct Source {
     paths: Arc<[PathBuf]>,
     labels: Arc<[i64]>,
     order: Vec<usize>,
     mode: Mode,
     batch_size: usize,
-    num_batches: usize,
-    window: usize,
-    next_job: AtomicUsize,
-    stop: AtomicBool,
-    /// Number of batches the consumer has taken; workers wait on it (the reorder window).
-    taken: Mutex<usize>,
-    taken_cv: Condvar,
 }
 
-impl Shared {
-    fn build(&self, b: usize) -> Option<Batch> {
+impl Source {
+    fn build(&self, b: usize, stop: &Stop) -> Option<Batch> {
         let start = b * self.batch_size;
         let end = (start + self.batch_size).min(self.order.len());
         let p = self.mode.preprocess();
@@ -126,7 +114,7 @@ impl Shared {
             failed: Vec::new(),
         };
         for pos in start..end {
-            if self.stop.load(Ordering::Relaxed) {
+            if stop.is_set() {
                 return None;
             }
             let idx = self.order[pos];
@@ -148,42 +136,12 @@ impl Shared {
         batch.images.truncate(batch.indices.len() * item_len);
         Some(batch)
     }
-
-    fn worker(&self, tx: SyncSender<(usize, Batch)>) {
-        loop {
-            if self.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let b = self.next_job.fetch_add(1, Ordering::Relaxed);
-            if b >= self.num_batches {
-                return;
-            }
-            // Jobs are claimed in increasing order, so the batch the consumer waits for is
-            // never held back here: no deadlock.
-            {
-                let Ok(mut taken) = self.taken.lock() else { return };
-                while b >= *taken + self.window && !self.stop.load(Ordering::Relaxed) {
-                    taken = match self.taken_cv.wait(taken) {
-                        Ok(t) => t,
-                        Err(_) => return,
-                    };
-                }
-            }
-            let Some(batch) = self.build(b) else { return };
-            if tx.send((b, batch)).is_err() {
-                return; // the loader was dropped
-            }
-        }
-    }
 }
 
-/// Iterator over batches; dropping it stops the workers.
+/// Iterator over batches; dropping it stops the workers. An `Err` item (a worker that died)
+/// ends the iteration.
 pub struct Loader {
-    shared: Arc<Shared>,
-    rx: Option<Receiver<(usize, Batch)>>,
-    handles: Vec<JoinHandle<()>>,
-    pending: BTreeMap<usize, Batch>,
-    next: usize,
+    pool: OrderedPool<Batch>,
 }
 
 impl Loader {
@@ -191,84 +149,26 @@ impl Loader {
     /// (repeats allowed, as from a sampler).
     pub fn new(paths: Arc<[PathBuf]>, labels: Arc<[i64]>, order: Vec<usize>, mode: Mode, cfg: LoaderConfig) -> Loader {
         let batch_size = cfg.batch_size.max(1);
-        let workers = cfg.workers.max(1);
-        let prefetch = cfg.prefetch.max(1);
         let num_batches = if cfg.drop_last { order.len() / batch_size } else { order.len().div_ceil(batch_size) };
-        let shared = Arc::new(Shared {
-            paths,
-            labels,
-            order,
-            mode,
-            batch_size,
-            num_batches,
-            window: prefetch + workers,
-            next_job: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
-            taken: Mutex::new(0),
-            taken_cv: Condvar::new(),
-        });
-        let (tx, rx) = sync_channel(prefetch);
-        let mut handles = Vec::with_capacity(workers);
-        for i in 0..workers.min(num_batches.max(1)) {
-            let (s, tx) = (Arc::clone(&shared), tx.clone());
-            let spawned = std::thread::Builder::new().name(format!("loader-{i}")).spawn(move || s.worker(tx));
-            // A thread that cannot be spawned leaves the others to do its share.
-            if let Ok(h) = spawned {
-                handles.push(h);
-            }
-        }
-        Loader { shared, rx: Some(rx), handles, pending: BTreeMap::new(), next: 0 }
+        let source = Source { paths, labels, order, mode, batch_size };
+        let pool = OrderedPool::new("loader", num_batches, cfg.workers, cfg.prefetch, Box::new(move |b, stop| source.build(b, stop)));
+        Loader { pool }
     }
 
     /// Number of batches this loader will yield.
     pub fn num_batches(&self) -> usize {
-        self.shared.num_batches
-    }
-
-    fn stop_workers(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        // Take the lock so a worker between its check and its wait cannot miss the wake-up.
-        drop(self.shared.taken.lock());
-        self.shared.taken_cv.notify_all();
-        // Dropping the receiver makes blocked `send`s fail.
-        self.rx = None;
-        self.pending.clear();
-        for h in self.handles.drain(..) {
-            let _ = h.join();
-        }
+        self.pool.len()
     }
 }
 
 impl Iterator for Loader {
-    type Item = Batch;
-    fn next(&mut self) -> Option<Batch> {
-        if self.next >= self.shared.num_batches {
-            return None;
-        }
-        loop {
-            if let Some(batch) = self.pending.remove(&self.next) {
-                self.next += 1;
-                if let Ok(mut taken) = self.shared.taken.lock() {
-                    *taken = self.next;
-                }
-                self.shared.taken_cv.notify_all();
-                return Some(batch);
-            }
-            // Err: every worker has exited (or could not be spawned) without this batch.
-            let (b, batch) = self.rx.as_ref()?.recv().ok()?;
-            self.pending.insert(b, batch);
-        }
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
+        self.pool.next()
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.shared.num_batches.saturating_sub(self.next);
-        (left, Some(left))
-    }
-}
-
-impl Drop for Loader {
-    fn drop(&mut self) {
-        self.stop_workers();
+        self.pool.size_hint()
     }
 }
 
@@ -299,7 +199,7 @@ mod tests {
     }
 
     fn collect(l: Loader) -> Vec<Batch> {
-        l.collect()
+        l.map(|b| b.unwrap()).collect()
     }
 
     #[test]
@@ -378,7 +278,7 @@ mod tests {
         std::thread::spawn(move || {
             let mut l = Loader::new(paths, labels, order, Mode::Eval(pre()), cfg(8, 3));
             assert_eq!(l.num_batches(), 500);
-            let first = l.next().unwrap();
+            let first = l.next().unwrap().unwrap();
             drop(l);
             tx.send(first.len()).unwrap();
         });
@@ -398,9 +298,9 @@ mod tests {
         assert_eq!(mk(false, 4).num_batches(), 3);
         assert_eq!(mk(true, 4).num_batches(), 2);
         assert_eq!(mk(true, 5).num_batches(), 2);
-        let sizes: Vec<usize> = mk(true, 4).map(|b| b.len()).collect();
+        let sizes: Vec<usize> = mk(true, 4).map(|b| b.unwrap().len()).collect();
         assert_eq!(sizes, vec![4, 4]);
-        let sizes: Vec<usize> = mk(false, 4).map(|b| b.len()).collect();
+        let sizes: Vec<usize> = mk(false, 4).map(|b| b.unwrap().len()).collect();
         assert_eq!(sizes, vec![4, 4, 2]);
         let empty = Loader::new(paths.clone(), labels.clone(), vec![], Mode::Eval(pre()), cfg(4, 2));
         assert_eq!(empty.num_batches(), 0);

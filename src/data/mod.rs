@@ -3,6 +3,7 @@
 //! the class-balancing sampler (`sampler`) and the parallel batch loader (`loader`).
 pub mod inspect;
 pub mod loader;
+pub mod pool;
 pub mod sampler;
 pub mod scan;
 pub mod split;

@@ -216,11 +216,6 @@ pub fn image_sizes(paths: &[PathBuf], sample: Option<usize>, threads: usize) -> 
     out
 }
 
-/// Threads to use for header reading: the machine's parallelism.
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,37 +42,29 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-/// Generate a small, seeded, long-tailed plant-like dataset in competition layout.
-#[derive(Clone, Debug, clap::Args)]
-pub struct SynthArgs {
+/// What `trainer synth` generates (see the binary's `--help` for each field).
+#[derive(Clone, Debug)]
+pub struct SynthOptions {
     /// Output folder (gets `train/<class>/`, `test/`, `sample_submission.csv`, `solution.csv`).
-    #[arg(long)]
     pub out: PathBuf,
-    /// Random seed; the same seed and arguments give byte-identical files.
-    #[arg(long, default_value_t = 0)]
+    /// Random seed; the same seed and options give byte-identical files.
     pub seed: u64,
     /// Number of classes (2–16).
-    #[arg(long, default_value_t = 6)]
     pub classes: usize,
-    /// Multiplies every image count (train 120, 80, 50, 30, 20, 12, …; test 15 per class);
-    /// each class keeps at least 2 train images and 1 test image.
-    #[arg(long, default_value_t = 1.0)]
+    /// Multiplies every image count; each class keeps at least 2 train and 1 test image.
     pub scale: f64,
     /// Test images per class before scaling.
-    #[arg(long, default_value_t = 15)]
     pub test_per_class: usize,
-    /// Write into a non-empty OUT: replaces its train/, test/ and the two CSVs.
-    #[arg(long)]
+    /// Write into a non-empty `out`: replaces its train/, test/ and the two CSVs.
     pub force: bool,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
+    /// Worker threads [None: all cores].
     pub threads: Option<usize>,
 }
 
-impl SynthArgs {
+impl SynthOptions {
     /// The defaults of the command line, writing to `out`.
-    pub fn new(out: impl Into<PathBuf>) -> SynthArgs {
-        SynthArgs { out: out.into(), seed: 0, classes: 6, scale: 1.0, test_per_class: 15, force: false, threads: None }
+    pub fn new(out: impl Into<PathBuf>) -> SynthOptions {
+        SynthOptions { out: out.into(), seed: 0, classes: 6, scale: 1.0, test_per_class: 15, force: false, threads: None }
     }
 }
 
@@ -521,7 +513,7 @@ fn prepare_out(out: &Path, force: bool) -> Result<()> {
 }
 
 /// Writes the dataset described by `args`.
-pub fn generate(args: &SynthArgs) -> Result<SynthSummary> {
+pub fn generate(args: &SynthOptions) -> Result<SynthSummary> {
     let t0 = Instant::now();
     if !(2..=CLASS_NAMES.len()).contains(&args.classes) {
         bail!("--classes must be between 2 and {} (got {})", CLASS_NAMES.len(), args.classes);
@@ -560,7 +552,7 @@ pub fn generate(args: &SynthArgs) -> Result<SynthSummary> {
         solution.push((file, names[class].clone()));
     }
 
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let threads = args.threads.unwrap_or_else(super::pool::default_threads).max(1);
     let seed = args.seed;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<Result<()>> = std::thread::scope(|s| {
@@ -598,18 +590,6 @@ fn write_csv<'a>(path: &Path, rows: impl Iterator<Item = (&'a str, &'a str)>) ->
         w.write_record([f, c]).with_context(|| format!("cannot write {}", path.display()))?;
     }
     w.flush().with_context(|| format!("cannot write {}", path.display()))
-}
-
-pub fn run(args: &SynthArgs) -> Result<()> {
-    let s = generate(args)?;
-    let train: usize = s.train_counts.iter().sum();
-    let test: usize = s.test_counts.iter().sum();
-    println!("wrote {} train and {} test images in {} classes to {} ({:.1} s)", train, test, s.classes.len(), s.out.display(), s.seconds);
-    for (name, (tr, te)) in s.classes.iter().zip(s.train_counts.iter().zip(&s.test_counts)) {
-        println!("  {name:<12} train {tr:>4}  test {te:>3}");
-    }
-    println!("  + sample_submission.csv, solution.csv");
-    Ok(())
 }
 
 #[cfg(test)]

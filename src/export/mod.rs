@@ -21,23 +21,27 @@ pub mod weights;
 pub use graph::{build_model, fold_bn, precision_name, BATCH_DIM, INPUT, IR_VERSION, OPSET, OUTPUT};
 pub use weights::{check_state_dict, load_state_dict, StateDict, Tensor};
 
-/// Export a run's checkpoint to ONNX.
-#[derive(Clone, Debug, clap::Args)]
-pub struct ExportArgs {
+/// What `trainer export` does.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
     /// Run directory written by `trainer train`.
     pub run_dir: PathBuf,
     /// Which checkpoint of the run to export.
-    #[arg(long, value_enum, default_value_t = Checkpoint::Best)]
     pub checkpoint: Checkpoint,
-    /// Output file [default: models/<run name>.onnx].
-    #[arg(short, long)]
+    /// Output file [None: models/<run name>.onnx].
     pub output: Option<PathBuf>,
     /// Store weights and compute in float16 (input and output stay float32), for GPU inference.
-    #[arg(long)]
     pub fp16: bool,
     /// Overwrite the output file if it exists.
-    #[arg(long)]
     pub force: bool,
+}
+
+/// What [`export`] wrote.
+#[derive(Clone, Debug)]
+pub struct Exported {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub meta: ModelMeta,
 }
 
 /// The run's name: the last component of its directory (`runs/flowers` → `flowers`).
@@ -114,7 +118,8 @@ pub fn model_meta(model: &ModelProto) -> Result<ModelMeta> {
     )
 }
 
-pub fn run(args: &ExportArgs) -> Result<()> {
+/// Exports the run's checkpoint to its ONNX file (refusing to overwrite unless `force`).
+pub fn export(args: &ExportOptions) -> Result<Exported> {
     let output = match &args.output {
         Some(p) => p.clone(),
         None => {
@@ -134,17 +139,6 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     let model = export_run(&args.run_dir, args.checkpoint, args.fp16)?;
     write_model(&model, &output)?;
     let meta = model_meta(&model)?;
-    let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "wrote {} ({:.1} MB): {}, {} classes, {}, input N×3×{}×{}, opset {OPSET}, from {}",
-        output.display(),
-        size as f64 / 1e6,
-        meta.arch,
-        meta.classes.len(),
-        meta.precision,
-        meta.preprocess.crop,
-        meta.preprocess.crop,
-        meta.source
-    );
-    Ok(())
+    let bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    Ok(Exported { path: output, bytes, meta })
 }

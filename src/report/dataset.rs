@@ -178,7 +178,7 @@ fn sample_grid(path: &Path, ds: &Dataset, order: &[usize], opts: &DatasetReportO
         .flat_map(|&c| spread(by_class[c].len(), opts.samples_per_class).into_iter().map(move |i| (c, i)))
         .map(|(c, i)| (c, by_class[c][i]))
         .collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len().max(1));
+    let threads = crate::data::pool::default_threads().min(jobs.len().max(1));
     let chunk = jobs.len().div_ceil(threads).max(1);
     let thumbs: Vec<Option<RgbImage>> = std::thread::scope(|s| {
         let handles: Vec<_> =

@@ -4,7 +4,6 @@
 
 /// The process-wide ONNX Runtime environment, from the library the build points at
 /// (`ORT_DYLIB_PATH`, at test time or at build time).
-#[cfg(feature = "predict")]
 pub fn ort_env() -> &'static ort::environment::Environment {
     static ENV: std::sync::OnceLock<ort::environment::Environment> = std::sync::OnceLock::new();
     ENV.get_or_init(|| {

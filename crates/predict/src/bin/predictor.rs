@@ -1,0 +1,43 @@
+//! `predictor`: batched ONNX Runtime inference and submissions; links no libtorch.
+//! Parses arguments ([`cli`]), calls [`sorbier_predict`] and prints.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[path = "predictor/cli.rs"]
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "predictor", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Predict a folder of test images and write a submission CSV (one model or an ensemble).
+    Predict(cli::PredictArgs),
+    /// Accuracy, top-5, macro accuracy, per-class accuracy and confusions on a labelled ImageFolder.
+    Evaluate(cli::EvaluateArgs),
+    /// Score a submission against a solution CSV (no ONNX Runtime needed).
+    Score(cli::ScoreArgs),
+    /// Print a model's inputs, outputs, opset and metadata (no ONNX Runtime needed).
+    Info(cli::InfoArgs),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Predict(a) => cli::predict(&a),
+        Command::Evaluate(a) => cli::evaluate(&a),
+        Command::Score(a) => cli::score(&a),
+        Command::Info(a) => cli::info(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The inference input pipeline: worker threads decode each image once and run every distinct
+//! eval transform of an ensemble on it (models may use different input sizes), plus the
+//! test-time-augmentation variants, so inference on the calling thread overlaps decoding.
+//!
+//! The workers are the core's ordered pool ([`sorbier::data::pool`], the one the training
+//! loader uses): batches come out in order whatever the number of workers, memory stays bounded
+//! by the prefetch window even when one image is slow to decode, and dropping the pipeline
+//! stops the workers. A decoder that panics on one image costs that image (reported with its
+//! file name), not the batch.
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+use ndarray::Array4;
+use sorbier::data::pool::{OrderedPool, Stop};
+use sorbier::transforms::{eval_into, eval_tensor_len, load_rgb, Preprocess};
+
+use crate::tta::{self, Variant};
+
+/// Pipeline settings.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    pub batch_size: usize,
+    /// Decoding threads (≥ 1).
+    pub workers: usize,
+    /// Batches decoded ahead of the consumer (≥ 1).
+    pub prefetch: usize,
+}
+
+/// One batch of prepared inputs.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Indices (into the pipeline's paths) of the images that loaded, in order.
+    pub items: Vec<usize>,
+    /// Images that could not be read or decoded: index and the error (naming the file).
+    pub failed: Vec<(usize, String)>,
+    /// `tensors[p][v]`: NCHW float32 of `items` under preprocessing `p` and TTA variant `v`.
+    pub tensors: Vec<Vec<Array4<f32>>>,
+}
+
+/// Iterator over prepared batches; an `Err` item (a worker that died) ends the iteration.
+pub struct Pipeline {
+    pool: OrderedPool<Result<Prepared>>,
+}
+
+impl Pipeline {
+    pub fn new(paths: Arc<[PathBuf]>, preprocesses: Vec<Preprocess>, variants: Vec<Variant>, cfg: &PipelineConfig) -> Pipeline {
+        let batch_size = cfg.batch_size.max(1);
+        let num_batches = paths.len().div_ceil(batch_size);
+        let job = move |b: usize, stop: &Stop| {
+            let range = b * batch_size..((b + 1) * batch_size).min(paths.len());
+            prepare(&paths, range, &preprocesses, &variants, stop)
+        };
+        Pipeline { pool: OrderedPool::new("decode", num_batches, cfg.workers, cfg.prefetch, Box::new(job)) }
+    }
+
+    pub fn num_batches(&self) -> usize {
+        self.pool.len()
+    }
+}
+
+impl Iterator for Pipeline {
+    type Item = Result<Prepared>;
+    fn next(&mut self) -> Option<Result<Prepared>> {
+        self.pool.next().map(|r| r.and_then(|p| p))
+    }
+}
+
+/// Decodes `paths[range]` once each and fills every (preprocess, variant) tensor.
+fn prepare(paths: &[PathBuf], range: std::ops::Range<usize>, preprocesses: &[Preprocess], variants: &[Variant], stop: &Stop) -> Option<Result<Prepared>> {
+    let cap = range.len();
+    let mut items = Vec::with_capacity(cap);
+    let mut failed = Vec::new();
+    // Filled flat, image after image, then shaped once the number that loaded is known.
+    let mut flat: Vec<Vec<Vec<f32>>> =
+        preprocesses.iter().map(|p| variants.iter().map(|_| Vec::with_capacity(cap * eval_tensor_len(p))).collect()).collect();
+    let mut scratch: Vec<Vec<f32>> = preprocesses.iter().map(|p| vec![0.0; eval_tensor_len(p)]).collect();
+    'items: for i in range {
+        if stop.is_set() {
+            return None;
+        }
+        let loaded = catch_unwind(AssertUnwindSafe(|| load_rgb(&paths[i]))).unwrap_or_else(|_| Err(anyhow!("decoder panicked on {}", paths[i].display())));
+        let img = match loaded {
+            Ok(img) => img,
+            Err(e) => {
+                failed.push((i, format!("{e:#}")));
+                continue;
+            }
+        };
+        for (p, pre) in preprocesses.iter().enumerate() {
+            if let Err(e) = eval_into(&img, pre, &mut scratch[p]) {
+                failed.push((i, format!("{}: {e:#}", paths[i].display())));
+                // Keep every tensor the same length as `items`: undo this item's earlier preprocesses.
+                for q in 0..p {
+                    let len = eval_tensor_len(&preprocesses[q]);
+                    for t in flat[q].iter_mut() {
+                        t.truncate(t.len() - len);
+                    }
+                }
+                continue 'items;
+            }
+            let s = pre.crop as usize;
+            for (v, &variant) in variants.iter().enumerate() {
+                let t = &mut flat[p][v];
+                let start = t.len();
+                t.resize(start + scratch[p].len(), 0.0);
+                tta::apply(variant, &scratch[p], s, &mut t[start..]);
+            }
+        }
+        items.push(i);
+    }
+    let k = items.len();
+    let tensors = flat
+        .into_iter()
+        .zip(preprocesses)
+        .map(|(per_variant, pre)| {
+            let s = pre.crop as usize;
+            per_variant.into_iter().map(|v| Array4::from_shape_vec((k, 3, s, s), v).map_err(|e| anyhow!("batch tensor shape: {e}"))).collect()
+        })
+        .collect::<Result<Vec<Vec<_>>>>();
+    Some(tensors.map(|tensors| Prepared { items, failed, tensors }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_once_per_image_in_order_and_reports_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = Vec::new();
+        for i in 0..7u8 {
+            let p = dir.path().join(format!("{i}.png"));
+            if i == 3 {
+                std::fs::write(&p, b"not an image").unwrap();
+            } else {
+                image::RgbImage::from_pixel(20 + i as u32, 16, image::Rgb([i * 30, 10, 200])).save(&p).unwrap();
+            }
+            paths.push(p);
+        }
+        let pre = vec![Preprocess::for_crop(8), Preprocess::for_crop(12)];
+        let variants = vec![Variant::Identity, Variant::Hflip];
+        for workers in [1, 3] {
+            let cfg = PipelineConfig { batch_size: 2, workers, prefetch: 1 };
+            let pipe = Pipeline::new(paths.clone().into(), pre.clone(), variants.clone(), &cfg);
+            assert_eq!(pipe.num_batches(), 4);
+            let batches: Vec<Prepared> = pipe.map(|b| b.unwrap()).collect();
+            let items: Vec<usize> = batches.iter().flat_map(|b| b.items.clone()).collect();
+            assert_eq!(items, vec![0, 1, 2, 4, 5, 6]);
+            let failed: Vec<usize> = batches.iter().flat_map(|b| b.failed.iter().map(|f| f.0)).collect();
+            assert_eq!(failed, vec![3]);
+            assert!(batches[1].failed[0].1.contains("3.png"), "{}", batches[1].failed[0].1);
+            for b in &batches {
+                for (p, pr) in pre.iter().enumerate() {
+                    let len = eval_tensor_len(pr);
+                    assert_eq!(b.tensors[p][0].len(), b.items.len() * len);
+                    let (t0, t1) = (b.tensors[p][0].as_slice().unwrap(), b.tensors[p][1].as_slice().unwrap());
+                    // Variant 1 is the horizontal flip of variant 0, item by item.
+                    for k in 0..b.items.len() {
+                        let mut flipped = vec![0.0; len];
+                        tta::apply(Variant::Hflip, &t0[k * len..(k + 1) * len], pr.crop as usize, &mut flipped);
+                        assert_eq!(flipped, t1[k * len..(k + 1) * len]);
+                    }
+                }
+                // Same as the eval transform alone.
+                for (k, &i) in b.items.iter().enumerate() {
+                    let img = load_rgb(&paths[i]).unwrap();
+                    let mut one = vec![0.0; eval_tensor_len(&pre[1])];
+                    eval_into(&img, &pre[1], &mut one).unwrap();
+                    assert_eq!(one, b.tensors[1][0].as_slice().unwrap()[k * one.len()..(k + 1) * one.len()]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dropping_early_stops_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.png");
+        image::RgbImage::from_pixel(10, 10, image::Rgb([1, 2, 3])).save(&p).unwrap();
+        let paths: Vec<PathBuf> = vec![p; 50];
+        let cfg = PipelineConfig { batch_size: 1, workers: 2, prefetch: 1 };
+        let mut pipe = Pipeline::new(paths.into(), vec![Preprocess::for_crop(4)], vec![Variant::Identity], &cfg);
+        assert!(pipe.next().unwrap().is_ok());
+        drop(pipe); // must return (join) rather than hang
+    }
+}

@@ -1,0 +1,235 @@
+//! `predictor predict`: a folder of test images → `submission.csv` (`image_name,class`, the
+//! class as its training folder name), in the sample submission's row order when one is given.
+//!
+//! Nothing is dropped silently. A listed image that is missing, or an image that cannot be
+//! decoded, is an error naming each one; with `--skip-unreadable` their rows are still written,
+//! with an empty class, and listed with the reason in `<out>.skipped.csv`. Images in the folder
+//! that the sample submission does not list get no row (they are counted and named).
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use ndarray::Array2;
+
+use sorbier::data::TestSet;
+use crate::ensemble::{list, Outputs};
+use crate::ModelOptions;
+
+/// What `predictor predict` does.
+#[derive(Clone, Debug)]
+pub struct PredictOptions {
+    pub model: ModelOptions,
+    /// Folder of test images (flat).
+    pub images: PathBuf,
+    /// CSV whose first column gives the rows and their order.
+    pub sample_submission: Option<PathBuf>,
+    /// Without `sample_submission`: ignore a `sample_submission.csv` next to the images folder
+    /// and use sorted file names.
+    pub no_sample_submission: bool,
+    /// Output CSV.
+    pub out: PathBuf,
+    /// Also write the K best classes and their probabilities (class_1..K, score_1..K).
+    pub top_k: Option<usize>,
+    /// Save averaged and per-model outputs (safetensors) to combine later.
+    pub save_logits: Option<PathBuf>,
+    /// Write rows of missing or undecodable images with an empty class and list them in
+    /// `<out>.skipped.csv`, instead of failing.
+    pub skip_unreadable: bool,
+}
+
+/// What `predict` wrote.
+#[derive(Clone, Debug)]
+pub struct Prediction {
+    pub rows: usize,
+    pub classes: usize,
+    pub images_per_s: f64,
+    /// Rows written with an empty class (missing or unreadable images).
+    pub skipped: usize,
+    /// Where they are listed (only when `skipped > 0`).
+    pub skipped_file: PathBuf,
+}
+
+/// `<out>.skipped.csv` next to the submission.
+pub fn skipped_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".skipped.csv");
+    PathBuf::from(s)
+}
+
+/// Indices of the `k` largest values, best first (ties: lower index first).
+pub fn top_k(row: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+fn check_out_dir(p: &Path) -> Result<()> {
+    let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!("cannot write {}: folder {} does not exist", p.display(), parent.display());
+    }
+    Ok(())
+}
+
+/// Predicts the test folder and writes the submission (and the saved outputs when asked).
+/// `log` receives what the user should hear about on the way (row order source, images
+/// without a row, the models opened, …).
+pub fn predict(args: &PredictOptions, log: &dyn Fn(&str)) -> Result<Prediction> {
+    // Cheap checks first, before loading models.
+    check_out_dir(&args.out)?;
+    if let Some(p) = &args.save_logits {
+        check_out_dir(p)?;
+    }
+    if args.top_k == Some(0) {
+        bail!("--top-k must be at least 1");
+    }
+    let sample = match (&args.sample_submission, args.no_sample_submission) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => None,
+        (None, false) => args.images.parent().map(|d| d.join("sample_submission.csv")).filter(|p| p.is_file()),
+    };
+    if let Some(p) = &sample {
+        if args.sample_submission.is_none() {
+            log(&format!("row order from {} (pass --no-sample-submission to ignore it)", p.display()));
+        }
+    }
+    let test = TestSet::scan(&args.images, sample.as_deref())?;
+    let mut skipped: Vec<(usize, String)> = Vec::new();
+    if !test.missing.is_empty() {
+        if !args.skip_unreadable {
+            bail!(
+                "{} image(s) listed in {} are not in {}: {} (pass --skip-unreadable to write their rows with an empty class)",
+                test.missing.len(),
+                sample.as_deref().unwrap_or(Path::new("?")).display(),
+                args.images.display(),
+                list(&test.missing)
+            );
+        }
+        for (i, n) in test.names.iter().enumerate() {
+            if test.missing.contains(n) {
+                skipped.push((i, format!("missing: {} does not exist", args.images.join(n).display())));
+            }
+        }
+    }
+    if !test.unlisted.is_empty() {
+        log(&format!("note: {} image(s) in {} are not in the sample submission and get no row: {}", test.unlisted.len(), args.images.display(), list(&test.unlisted)));
+    }
+    if !test.report.is_clean() {
+        log(&format!("note: {} in {}", test.report.summary_line(), args.images.display()));
+    }
+
+    let mut ens = args.model.open()?;
+    for n in &ens.notes {
+        log(n);
+    }
+    log(&ens.summary());
+    if let Some(k) = args.top_k {
+        if k > ens.classes.len() {
+            bail!("--top-k {k} is more than the model's {} classes", ens.classes.len());
+        }
+    }
+    // Run only the images that exist; map back to rows afterwards.
+    let missing: std::collections::HashSet<&String> = test.missing.iter().collect();
+    let rows: Vec<usize> = (0..test.names.len()).filter(|&i| !missing.contains(&test.names[i])).collect();
+    let paths: Arc<[PathBuf]> = rows.iter().map(|&i| test.root.join(&test.names[i])).collect();
+    let out = ens.run(paths, args.model.tta, &args.model.pipeline(), args.model.progress)?;
+    if !out.failed.is_empty() && !args.skip_unreadable {
+        let detail: Vec<String> = out.failed.iter().map(|(_, e)| e.clone()).collect();
+        bail!(
+            "{} image(s) could not be read (pass --skip-unreadable to write their rows with an empty class):\n  {}",
+            detail.len(),
+            detail.join("\n  ")
+        );
+    }
+    skipped.extend(out.failed.iter().map(|(k, e)| (rows[*k], format!("unreadable: {e}"))));
+    skipped.sort();
+
+    let full = expand(&out, &rows, test.names.len());
+    write_submission(&args.out, &test.names, &full, args.top_k, &skipped)?;
+    let skipped_file = skipped_path(&args.out);
+    if skipped.is_empty() {
+        // A report from an earlier run would describe a submission that no longer exists.
+        if skipped_file.exists() {
+            std::fs::remove_file(&skipped_file).with_context(|| format!("cannot remove stale {}", skipped_file.display()))?;
+        }
+    } else {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(["image_name", "reason"])?;
+        for (i, why) in &skipped {
+            w.write_record([test.names[*i].as_str(), why.as_str()])?;
+        }
+        sorbier::run::write_atomic(&skipped_file, &w.into_inner().context("csv buffer")?)?;
+    }
+    if let Some(p) = &args.save_logits {
+        let models: Vec<String> = ens.members.iter().map(|m| m.path.display().to_string()).collect();
+        let weights: Vec<f64> = ens.members.iter().map(|m| m.weight).collect();
+        crate::logits::save(p, &test.names, &full, &models, &weights, &format!("{:?}", args.model.tta).to_lowercase())?;
+        log(&format!("saved outputs to {}", p.display()));
+    }
+    Ok(Prediction { rows: test.names.len(), classes: ens.classes.len(), images_per_s: out.images_per_s, skipped: skipped.len(), skipped_file })
+}
+
+/// Outputs over the images that ran → outputs over all rows (NaN rows for the missing ones).
+fn expand(out: &Outputs, rows: &[usize], n: usize) -> Outputs {
+    let c = out.c();
+    let spread = |m: &Array2<f32>| {
+        let mut v = Array2::from_elem((n, c), f32::NAN);
+        for (row, &i) in m.rows().into_iter().zip(rows) {
+            v.row_mut(i).assign(&row);
+        }
+        v
+    };
+    Outputs {
+        classes: out.classes.clone(),
+        mean: spread(&out.mean),
+        members: out.members.iter().map(|m| spread(m)).collect(),
+        failed: out.failed.iter().map(|(k, e)| (rows[*k], e.clone())).collect(),
+        average: out.average,
+        images_per_s: out.images_per_s,
+    }
+}
+
+fn write_submission(path: &Path, names: &[String], out: &Outputs, k: Option<usize>, skipped: &[(usize, String)]) -> Result<()> {
+    let skip: std::collections::HashSet<usize> = skipped.iter().map(|s| s.0).collect();
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["image_name".to_string(), "class".to_string()];
+    if let Some(k) = k {
+        header.extend((1..=k).map(|j| format!("class_{j}")));
+        header.extend((1..=k).map(|j| format!("score_{j}")));
+    }
+    w.write_record(&header)?;
+    for (i, name) in names.iter().enumerate() {
+        let mut rec = vec![name.clone()];
+        if skip.contains(&i) {
+            rec.resize(header.len(), String::new());
+        } else {
+            let probs = out.probs(i);
+            let best = top_k(&probs, k.unwrap_or(1));
+            rec.push(out.classes[best[0]].clone());
+            if k.is_some() {
+                rec.extend(best.iter().map(|&j| out.classes[j].clone()));
+                rec.extend(best.iter().map(|&j| format!("{:.6}", probs[j])));
+            }
+        }
+        w.write_record(&rec)?;
+    }
+    let bytes = w.into_inner().context("csv buffer")?;
+    sorbier::run::write_atomic(path, &bytes).with_context(|| format!("cannot write submission {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_best_first() {
+        assert_eq!(top_k(&[0.1, 0.5, 0.2, 0.5], 3), vec![1, 3, 2]);
+        assert_eq!(top_k(&[1.0], 1), vec![0]);
+    }
+
+    #[test]
+    fn skipped_report_sits_beside_the_submission() {
+        assert_eq!(skipped_path(Path::new("out/sub.csv")), PathBuf::from("out/sub.csv.skipped.csv"));
+    }
+}

@@ -1,0 +1,45 @@
+//! `trainer`: inspect a dataset, fine-tune a ResNet with libtorch, export it to ONNX.
+//! Parses arguments ([`cli`]), calls the libraries and prints.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[path = "trainer/cli.rs"]
+mod cli;
+#[path = "trainer/data.rs"]
+mod data;
+
+#[derive(Parser)]
+#[command(name = "trainer", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a small procedural plant-like dataset (the built-in default data).
+    Synth(data::SynthArgs),
+    /// Show the classes of a dataset, their sizes and what the scan skipped.
+    Inspect(data::InspectArgs),
+    /// Fine-tune a ResNet (libtorch; CPU or CUDA) and write a run directory.
+    Train(cli::TrainArgs),
+    /// Export a run's checkpoint to a self-describing ONNX model.
+    Export(data::ExportArgs),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Synth(a) => data::synth(&a),
+        Command::Inspect(a) => data::inspect(&a),
+        Command::Train(a) => cli::train(&a),
+        Command::Export(a) => data::export(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::from(cli::exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! `trainer train`'s command line: the argument struct (its doc comments are the `--help`
+//! text), its checks and conversion into the library's typed settings, and where messages go.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use sorbier::arch::Arch;
+use sorbier::data::split::SplitSpec;
+use sorbier::transforms::{Augment, Preprocess};
+use sorbier_train::loss::ClassWeights;
+use sorbier_train::model::autocast::AmpDtype;
+use sorbier_train::optim::{OptimConfig, OptimizerKind};
+use sorbier_train::schedule::{ScheduleConfig, ScheduleKind};
+use sorbier_train::{check_split, BestMetric, Log, NewRun, Output, ResumeOverrides, Runtime, Sampling, TrainMode, TrainSettings, DEFAULT_EPOCHS};
+
+/// Summaries on stdout, warnings on stderr.
+pub struct Terminal;
+
+impl Log for Terminal {
+    fn info(&self, msg: &str) {
+        println!("{msg}");
+    }
+    fn warn(&self, msg: &str) {
+        eprintln!("{msg}");
+    }
+}
+
+/// Fine-tune a ResNet on an ImageFolder dataset and write a run directory.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Dataset: `DATA_DIR/<class>/*.jpg`, or a competition root holding `train/<class>/`.
+    /// With --resume, defaults to the run's recorded data folder.
+    pub data_dir: Option<PathBuf>,
+    /// Run directory to create (must not exist or be empty).
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its last completed epoch. Settings come from its
+    /// config.json; only --epochs (raise it to train longer), --workers, --threads and --device
+    /// are taken from the command line.
+    #[arg(long, conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    /// Architecture. ResNet-152 is what the toolkit is for (with --pretrained ImageNet weights);
+    /// pick resnet18/34 for quick CPU runs from scratch.
+    #[arg(long, value_enum, default_value_t = Arch::Resnet152)]
+    pub arch: Arch,
+    /// Pretrained weights: a torchvision `.pth` state dict or `.safetensors` (torchvision/timm
+    /// names); the ImageNet `fc` is dropped. Without it: random init (accuracy will suffer).
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// full: train every layer; feature-extract: freeze the backbone (and its BatchNorm
+    /// statistics), train only the head.
+    #[arg(long, value_enum, default_value_t = TrainMode::Full)]
+    pub mode: TrainMode,
+    /// Dropout probability before `fc` (0 = none, torchvision's model).
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    /// Crop size: training crops and the eval center crop are IMAGE_SIZE².
+    #[arg(long, default_value_t = 224)]
+    pub image_size: u32,
+    /// Eval resize of the shorter side (default: IMAGE_SIZE·256/224, torchvision's ratio).
+    #[arg(long)]
+    pub resize: Option<u32>,
+    /// Epochs to train [default: 15] (with --resume: a new, larger total; default the run's).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    pub optimizer: OptimizerKind,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Nesterov momentum (SGD).
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Update parameters with a loop of per-tensor ops (torch's `foreach=False`) instead of
+    /// ATen's fused optimiser kernels (`fused=True`, the default: one kernel for every tensor).
+    #[arg(long)]
+    pub no_fused_optimizer: bool,
+    /// Weight decay (L2 for adam/sgd, decoupled for adamw).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// No weight decay on BatchNorm parameters and biases (1-D tensors).
+    #[arg(long)]
+    pub no_decay_norm_bias: bool,
+    /// LR schedule: step (×GAMMA every STEP_SIZE epochs), plateau (×PLATEAU_FACTOR when the
+    /// best metric stalls), cosine (per step, after linear warmup), none.
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Step)]
+    pub schedule: ScheduleKind,
+    #[arg(long, default_value_t = 5)]
+    pub step_size: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub gamma: f64,
+    /// Epochs without improvement before a plateau decay.
+    #[arg(long, default_value_t = 3)]
+    pub plateau_patience: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub plateau_factor: f64,
+    /// Linear warmup epochs of the cosine schedule (fractions allowed).
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_epochs: f64,
+    /// First warmup LR as a fraction of --lr.
+    #[arg(long, default_value_t = 0.01)]
+    pub warmup_start_factor: f64,
+    /// LR floor of the cosine and plateau schedules.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_lr: f64,
+    /// Clamp every gradient element to ±CLIP_VALUE.
+    #[arg(long)]
+    pub clip_value: Option<f64>,
+    /// Rescale gradients to a total L2 norm of at most CLIP_NORM.
+    #[arg(long)]
+    pub clip_norm: Option<f64>,
+    /// Label smoothing ε of the cross-entropy.
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// Class weights of the loss: none, inverse (1/class size) or effective (Cui et al. 2019).
+    #[arg(long, value_enum, default_value_t = ClassWeights::None)]
+    pub class_weights: ClassWeights,
+    /// β of the effective-number class weights.
+    #[arg(long, default_value_t = 0.999)]
+    pub effective_beta: f64,
+    /// Training order: weighted oversampling (1/class size) or a plain shuffle.
+    #[arg(long, value_enum, default_value_t = Sampling::Weighted)]
+    pub sampling: Sampling,
+    /// Images per epoch as a multiple of the training split's size (weighted sampling).
+    #[arg(long, default_value_t = 1.0)]
+    pub samples_multiplier: f64,
+    /// Validation fraction of the stratified holdout split. 0 = no validation split: every
+    /// image trains (a final fit once the recipe is settled); best.safetensors is then the last
+    /// epoch, --best-metric is not used and --schedule plateau is unavailable.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Stratified k-fold instead of a holdout: number of folds.
+    #[arg(long)]
+    pub folds: Option<usize>,
+    /// With --folds: which fold (0-based) is the validation side.
+    #[arg(long, default_value_t = 0, requires = "folds")]
+    pub fold: usize,
+    /// Seed of the split, the initialisation, sampling, augmentation and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Image decoding threads [default: number of CPUs].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// libtorch intra-op threads [default: libtorch's choice]. Use the same value to resume
+    /// bit-exactly on CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// auto, cpu, cuda or cuda:N [default: auto]. Asking for CUDA where there is none is an error.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Mixed precision: autocast to --amp-dtype. Off by default.
+    #[arg(long)]
+    pub amp: bool,
+    /// fp16 (with dynamic loss scaling; CUDA only) or bf16 (no scaling; CUDA Ampere or later,
+    /// or CPU).
+    #[arg(long, value_enum, default_value_t = AmpDtype::Fp16)]
+    pub amp_dtype: AmpDtype,
+    /// Channels-last (NHWC) weights and batches: oneDNN's NHWC convolutions on CPU, cuDNN's
+    /// tensor-core layout on CUDA (`model.to(memory_format=torch.channels_last)`).
+    #[arg(long)]
+    pub channels_last: bool,
+    /// Validation metric that picks best.safetensors (and drives --schedule plateau). Not used
+    /// with --val-fraction 0.
+    #[arg(long, value_enum, default_value_t = BestMetric::Top1)]
+    pub best_metric: BestMetric,
+    /// No random horizontal flips.
+    #[arg(long)]
+    pub no_hflip: bool,
+    /// No random vertical flips.
+    #[arg(long)]
+    pub no_vflip: bool,
+    /// Random rotations by multiples of 90°.
+    #[arg(long)]
+    pub rot90: bool,
+    /// Gaussian blur (p = 0.5) with sigma up to this value; 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub blur_sigma: f32,
+    /// Colour jitter strength (brightness/contrast/saturation ±); 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub color_jitter: f32,
+    /// Train on the eval resize + center crop instead of RandomResizedCrop.
+    #[arg(long)]
+    pub no_random_resized_crop: bool,
+    /// Stop each epoch after this many steps (smoke tests, benchmarks).
+    #[arg(long)]
+    pub max_steps_per_epoch: Option<usize>,
+    /// Do not show progress bars (summaries are still printed).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Do not redraw the report pictures (curves, confusion matrix) after each epoch.
+    #[arg(long)]
+    pub no_report: bool,
+}
+
+
+impl TrainArgs {
+
+    /// The typed settings of a new run.
+    pub fn settings(&self) -> Result<TrainSettings> {
+        let epochs = self.epochs.unwrap_or(DEFAULT_EPOCHS);
+        if epochs == 0 || self.batch_size == 0 {
+            bail!("--epochs and --batch-size must be at least 1");
+        }
+        if !(self.lr > 0.0) {
+            bail!("--lr must be positive");
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) || !(0.0..1.0).contains(&self.dropout) {
+            bail!("--label-smoothing and --dropout must be in [0, 1)");
+        }
+        if !(self.samples_multiplier > 0.0) {
+            bail!("--samples-multiplier must be positive");
+        }
+        if self.schedule == ScheduleKind::Cosine && !(self.warmup_start_factor > 0.0 && self.warmup_start_factor <= 1.0) {
+            bail!("--warmup-start-factor must be in (0, 1]");
+        }
+        let mut optimizer = OptimConfig::new(self.optimizer);
+        optimizer.weight_decay = self.weight_decay;
+        optimizer.momentum = if self.optimizer == OptimizerKind::Sgd { self.momentum } else { 0.0 };
+        optimizer.nesterov = self.nesterov;
+        optimizer.fused = !self.no_fused_optimizer;
+        Ok(TrainSettings {
+            epochs,
+            batch_size: self.batch_size,
+            mode: self.mode,
+            pretrained: self.pretrained.clone(),
+            optimizer,
+            decay_norm_bias: !self.no_decay_norm_bias,
+            schedule: ScheduleConfig {
+                kind: self.schedule,
+                base_lr: self.lr,
+                step_size: self.step_size.max(1),
+                gamma: self.gamma,
+                plateau_patience: self.plateau_patience,
+                plateau_factor: self.plateau_factor,
+                warmup_epochs: self.warmup_epochs,
+                warmup_start_factor: self.warmup_start_factor,
+                min_lr: self.min_lr,
+            },
+            clip_value: self.clip_value,
+            clip_norm: self.clip_norm,
+            label_smoothing: self.label_smoothing,
+            class_weights: self.class_weights,
+            effective_beta: self.effective_beta,
+            sampling: self.sampling,
+            samples_multiplier: self.samples_multiplier,
+            best_metric: self.best_metric,
+            max_steps_per_epoch: self.max_steps_per_epoch,
+            amp: self.amp,
+            amp_dtype: self.amp_dtype,
+            channels_last: self.channels_last,
+            drop_last: true,
+            runtime: Runtime::choose(self.workers, self.threads, self.device.clone(), None),
+        })
+    }
+
+    fn output(&self) -> Output {
+        Output { progress: !self.quiet, report: !self.no_report, log: Arc::new(Terminal) }
+    }
+
+    pub fn preprocess(&self) -> Preprocess {
+        let mut p = Preprocess::for_crop(self.image_size);
+        if let Some(r) = self.resize {
+            p.resize = r;
+        }
+        p
+    }
+
+    pub fn augment(&self) -> Augment {
+        Augment {
+            random_resized_crop: !self.no_random_resized_crop,
+            hflip: !self.no_hflip,
+            vflip: !self.no_vflip,
+            rot90: self.rot90,
+            blur_sigma: self.blur_sigma,
+            color_jitter: self.color_jitter,
+            ..Augment::default()
+        }
+    }
+
+    /// The split, checked against the settings that need a validation side.
+    pub fn checked_split_spec(&self, settings: &TrainSettings) -> Result<SplitSpec> {
+        let spec = self.split_spec();
+        if self.folds.is_some() && self.val_fraction == 0.0 {
+            bail!("--val-fraction 0 (no validation) and --folds contradict each other: choose one");
+        }
+        check_split(&spec, settings)?;
+        Ok(spec)
+    }
+
+    pub fn split_spec(&self) -> SplitSpec {
+        match self.folds {
+            Some(folds) => SplitSpec::Kfold { folds, fold: self.fold, seed: self.seed },
+            None => SplitSpec::Holdout { val_fraction: self.val_fraction, seed: self.seed },
+        }
+    }
+}
+
+
+/// `trainer train`.
+pub fn train(args: &TrainArgs) -> Result<()> {
+    if let Some(dir) = &args.resume {
+        let with = ResumeOverrides {
+            data_dir: args.data_dir.clone(),
+            epochs: args.epochs,
+            workers: args.workers,
+            threads: args.threads,
+            device: args.device.clone(),
+        };
+        return sorbier_train::resume(dir, &with, args.output());
+    }
+    let out = args.out.clone().context("--out RUN_DIR is required (or --resume RUN_DIR)")?;
+    let data_dir = args.data_dir.clone().context("the dataset folder (DATA_DIR) is required")?;
+    let settings = args.settings()?;
+    let split = args.checked_split_spec(&settings)?;
+    let run = NewRun {
+        out,
+        data_dir,
+        arch: args.arch,
+        dropout: args.dropout,
+        preprocess: args.preprocess(),
+        augment: args.augment(),
+        seed: args.seed,
+        split,
+        settings,
+    };
+    sorbier_train::start(&run, args.output())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    #[test]
+    fn settings_round_trip_through_json() {
+        let cli = Cli::parse_from(["t", "data", "--out", "r", "--optimizer", "sgd", "--nesterov", "--schedule", "cosine", "--folds", "5", "--fold", "2", "--class-weights", "effective", "--mode", "feature-extract"]);
+        let s = cli.args.settings().unwrap();
+        assert_eq!(s.optimizer.momentum, 0.9);
+        assert!(s.optimizer.nesterov);
+        assert!(s.optimizer.fused, "fused kernels by default");
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["mode"], "feature-extract");
+        assert_eq!(serde_json::from_value::<TrainSettings>(v).unwrap(), s);
+        assert_eq!(cli.args.split_spec(), SplitSpec::Kfold { folds: 5, fold: 2, seed: 0 });
+        assert_eq!(cli.args.preprocess().resize, 256);
+        assert!(Cli::try_parse_from(["t", "data"]).is_err(), "--out or --resume is required");
+        assert!(Cli::try_parse_from(["t", "--resume", "r", "--out", "x"]).is_err());
+        assert!(!Cli::parse_from(["t", "d", "--out", "r", "--no-fused-optimizer"]).args.settings().unwrap().optimizer.fused);
+        // A config.json written before the choice existed resumes with the per-tensor loop.
+        let mut old = serde_json::to_value(&s).unwrap();
+        old["optimizer"].as_object_mut().unwrap().remove("fused");
+        assert!(!serde_json::from_value::<TrainSettings>(old).unwrap().optimizer.fused);
+        let bad = Cli::parse_from(["t", "d", "--out", "r", "--nesterov"]).args.settings().unwrap();
+        assert!(sorbier_train::optim::Optimizer::new(bad.optimizer, vec![]).is_err(), "nesterov needs sgd");
+    }
+
+    #[test]
+    fn zero_val_fraction_is_a_no_validation_holdout() {
+        let spec = |argv: &[&str]| {
+            let a = Cli::parse_from(["t", "d", "--out", "r"].iter().chain(argv)).args;
+            a.checked_split_spec(&a.settings().unwrap())
+        };
+        let all = spec(&["--val-fraction", "0", "--seed", "2"]).unwrap();
+        assert_eq!(all, SplitSpec::Holdout { val_fraction: 0.0, seed: 2 });
+        assert!(!all.has_validation());
+        assert!(spec(&[]).unwrap().has_validation());
+        let err = spec(&["--val-fraction", "0", "--schedule", "plateau"]).unwrap_err().to_string();
+        assert!(err.contains("plateau") && err.contains("--val-fraction 0"), "{err}");
+        assert!(spec(&["--val-fraction", "0", "--folds", "5"]).unwrap_err().to_string().contains("--folds"));
+        assert!(spec(&["--schedule", "plateau"]).is_ok());
+    }
+}
+
+
+/// The process exit status for an error: 3 when the device ran out of memory (so scripts can
+/// retry with a smaller batch), else 1.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.downcast_ref::<sorbier_train::guard::OutOfMemory>().is_some()) {
+        3
+    } else {
+        1
+    }
+}

@@ -1,0 +1,683 @@
+//! The epoch loop as a [`Trainer`] with named steps — [`Trainer::set_up`] (device, data,
+//! split, model, optimiser), [`Trainer::restore`] (resume), [`Trainer::train_epoch`],
+//! [`Trainer::validate`] and [`Trainer::commit`] (best/last checkpoints) — in the shape of
+//! torchvision `references/classification/train.py`'s `train_one_epoch`/`evaluate`, with
+//! timm-style checkpointing. [`Trainer::fit`] runs them in order.
+//!
+//! Without a validation side (`--val-fraction 0`, a final fit on every image) nothing picks a
+//! best epoch: `best.*` is the last epoch, the `.json` infos hold the training loss and
+//! accuracy, the history's validation columns are NaN, and no confusion matrix is written.
+//!
+//! Reproducibility: every random stream of epoch `e` — the sampling order, the augmentations
+//! (the loader's seed) and libtorch's generator (dropout) — is seeded from `(seed, e)` at the
+//! start of the epoch. Together with the weights, BatchNorm statistics, optimiser and schedule
+//! state saved after each epoch, this makes `--resume` continue exactly as an uninterrupted
+//! run would (bit for bit on CPU with the same thread count).
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+use super::files::{self, Best, Commit, HistoryRow, ResumeState, BEST_CONFUSION, BEST_PER_CLASS, LAST_STATE_JSON, LAST_STATE_TENSORS};
+use super::amp::LossScaler;
+use super::guard::guarded;
+use super::loss;
+use super::optim::{self, Optimizer};
+use super::schedule::LrSchedule;
+use super::{Runtime, Sampling, TrainMode, TrainSettings};
+use sorbier::data::split::{self, SplitSpec};
+use sorbier::data::{sampler, Batch, Dataset, Loader, LoaderConfig, Mode};
+use sorbier::metrics::{Metrics, MetricsAccumulator};
+use crate::model::autocast::{autocast, AmpDtype};
+use crate::model::{self, ResNet};
+use sorbier::run::{Checkpoint, CheckpointInfo, RunConfig, HISTORY};
+
+/// Largest share of an epoch's images that may fail to load before training stops.
+const MAX_FAILED_FRACTION: f64 = 0.01;
+
+/// A 64-bit mix (splitmix64) so that nearby `(seed, epoch)` pairs give unrelated streams.
+pub fn mix(seed: u64, epoch: u64) -> u64 {
+    let mut z = seed ^ epoch.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn describe(d: Device) -> String {
+    match d {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Cpu => "cpu".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Counts images that failed to load; errors out past [`MAX_FAILED_FRACTION`] of an epoch.
+struct Failures {
+    count: usize,
+    limit: usize,
+    what: &'static str,
+}
+
+impl Failures {
+    fn new(epoch_images: usize, what: &'static str) -> Self {
+        Failures { count: 0, limit: (epoch_images as f64 * MAX_FAILED_FRACTION).floor() as usize, what }
+    }
+
+    fn note(&mut self, batch: &Batch, log: &dyn Log) -> Result<()> {
+        if batch.failed.is_empty() {
+            return Ok(());
+        }
+        self.count += batch.failed.len();
+        let list: Vec<&str> = batch.failed.iter().map(|(_, e)| e.as_str()).collect();
+        log.warn(&format!("warning: {} {} image(s) could not be loaded and were left out: {}", batch.failed.len(), self.what, list.join("; ")));
+        if self.count > self.limit {
+            bail!(
+                "{} {} images failed to load this epoch, more than {:.0}% ({}); fix or remove them",
+                self.count,
+                self.what,
+                MAX_FAILED_FRACTION * 100.0,
+                self.limit
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A batch as an N×3×S×S tensor on `device`, in channels-last layout when asked (converted
+/// on the device, where it is cheapest).
+fn images_tensor(batch: &Batch, device: Device, channels_last: bool) -> Result<Tensor> {
+    let n = batch.len() as i64;
+    let s = batch.size as i64;
+    let x = Tensor::from_slice(&batch.images).view([n, 3, s, s]).to_device(device);
+    if channels_last {
+        model::memory_format::channels_last(&x)
+    } else {
+        Ok(x)
+    }
+}
+
+/// Float32 logits of `model`, under autocast when mixed precision is on.
+fn forward(model: &ResNet, x: &Tensor, train: bool, device: Device, amp: Option<AmpDtype>) -> Result<Tensor> {
+    match amp {
+        Some(dtype) => Ok(autocast(device, dtype, || model.forward_t(x, train))?.to_kind(Kind::Float)),
+        None => Ok(model.forward_t(x, train)),
+    }
+}
+
+/// The validation pass: metrics and the confusion matrix.
+#[allow(clippy::too_many_arguments)]
+fn evaluate(model: &ResNet, loader: Loader, classes: usize, device: Device, amp: Option<AmpDtype>, channels_last: bool, images: usize, log: &dyn Log) -> Result<MetricsAccumulator> {
+    let mut acc = MetricsAccumulator::new(classes);
+    let mut failures = Failures::new(images, "validation");
+    for batch in loader {
+        let batch = batch?;
+        failures.note(&batch, log)?;
+        if batch.is_empty() {
+            continue;
+        }
+        let x = images_tensor(&batch, device, channels_last)?;
+        let logits = tch::no_grad(|| forward(model, &x, false, device, amp))?;
+        let logits = logits.to_device(Device::Cpu).contiguous().view([-1]);
+        let v = Vec::<f32>::try_from(&logits).context("cannot read validation logits")?;
+        acc.push_i64(&v, &batch.labels)?;
+    }
+    Ok(acc)
+}
+
+fn metric_value(m: &Metrics, which: super::BestMetric) -> f64 {
+    match which {
+        super::BestMetric::Top1 => m.top1,
+        super::BestMetric::Top5 => m.top5,
+        super::BestMetric::MacroAcc => m.macro_acc,
+        super::BestMetric::Loss => m.loss.unwrap_or(f64::NAN),
+    }
+}
+
+/// Checkpoint info without validation: the epoch's training numbers, under names that cannot
+/// be mistaken for validation metrics (and never NaN, which JSON cannot hold).
+fn train_info(epoch: usize, train_loss: f64, train_acc: f64) -> CheckpointInfo {
+    let metrics = [("train_loss".to_string(), train_loss), ("train_acc".to_string(), train_acc)].into_iter().filter(|(_, v)| v.is_finite()).collect();
+    CheckpointInfo { epoch, metrics }
+}
+
+fn info(epoch: usize, m: &Metrics) -> CheckpointInfo {
+    let mut metrics = std::collections::BTreeMap::new();
+    metrics.insert("top1".to_string(), m.top1);
+    metrics.insert("top5".to_string(), m.top5);
+    metrics.insert("macro_acc".to_string(), m.macro_acc);
+    metrics.insert("loss".to_string(), m.loss.unwrap_or(f64::NAN));
+    CheckpointInfo { epoch, metrics }
+}
+
+/// Where the loop's messages go: `info` for the one-line-per-epoch summaries and set-up facts
+/// (the binary prints them on stdout), `warn` for what went wrong but did not stop training
+/// (stderr).
+pub trait Log: Send + Sync {
+    fn info(&self, msg: &str);
+    fn warn(&self, msg: &str);
+}
+
+/// What the loop shows beside the run directory's files.
+#[derive(Clone)]
+pub struct Output {
+    /// Progress bars (hidden anyway when stderr is not a terminal).
+    pub progress: bool,
+    /// Redraw the training report pictures after each epoch.
+    pub report: bool,
+    pub log: Arc<dyn Log>,
+}
+
+/// The data side of a run: every image of the dataset, the split, and the training side's
+/// labels and class sizes.
+struct Data {
+    paths: Arc<[PathBuf]>,
+    labels: Arc<[i64]>,
+    train: Vec<usize>,
+    val: Vec<usize>,
+    train_labels: Vec<usize>,
+    train_sizes: Vec<usize>,
+}
+
+/// What one training epoch measured.
+pub struct EpochTrain {
+    pub lr: f64,
+    pub loss: f64,
+    pub acc: f64,
+    pub images: usize,
+    pub seconds: f64,
+}
+
+/// The validation side's accumulated confusion and its metrics.
+pub type Validation = (MetricsAccumulator, Metrics);
+
+/// A run being trained: the model, its optimiser and schedule, and the loop's state.
+pub struct Trainer<'a> {
+    dir: PathBuf,
+    cfg: &'a RunConfig,
+    s: &'a TrainSettings,
+    rt: &'a Runtime,
+    out: Output,
+    device: Device,
+    amp: Option<AmpDtype>,
+    data: Data,
+    vs: nn::VarStore,
+    net: ResNet,
+    opt: Optimizer,
+    schedule: LrSchedule,
+    scaler: Option<LossScaler>,
+    class_weight: Option<Tensor>,
+    epoch_samples: usize,
+    steps_per_epoch: usize,
+    /// Completed epochs (the next epoch to train, 0-based).
+    epoch: usize,
+    global_step: u64,
+    best: Option<Best>,
+    history: Vec<HistoryRow>,
+}
+
+/// Trains the run in `dir` (whose `config.json` is `cfg`): a new run from epoch 1, or with
+/// `resume` from the epoch after the last completed one.
+pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, resume: bool, out: Output) -> Result<()> {
+    let mut trainer = Trainer::set_up(dir, cfg, s, rt, resume, out)?;
+    if resume && !trainer.restore()? {
+        return Ok(());
+    }
+    trainer.fit()
+}
+
+impl<'a> Trainer<'a> {
+    /// Device and precision, crash recovery of the run directory, the dataset and its split,
+    /// the model (seeded, then pretrained weights for a new run), the optimiser and schedule.
+    pub fn set_up(dir: &Path, cfg: &'a RunConfig, s: &'a TrainSettings, rt: &'a Runtime, resume: bool, out: Output) -> Result<Trainer<'a>> {
+        let log = out.log.clone();
+        if let Some(t) = rt.threads {
+            tch::set_num_threads(t as i32);
+        }
+        super::check_split(&cfg.split, s)?;
+        let device = model::select_device(&rt.device)?;
+        // fp16 autocast with loss scaling on CUDA; bf16 on CUDA or CPU, without scaling.
+        let amp = match (s.amp, s.amp_dtype) {
+            (false, _) => None,
+            (true, AmpDtype::Fp16) if !device.is_cuda() => {
+                log.warn("fp16 mixed precision (--amp) needs CUDA; training in fp32 (--amp-dtype bf16 also runs on CPU)");
+                None
+            }
+            (true, dtype) => Some(dtype),
+        };
+        if device.is_cuda() {
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        log.info(&format!(
+            "device {}{}{}, {} loader workers",
+            describe(device),
+            amp.map(|d| format!(" ({d} autocast)")).unwrap_or_default(),
+            if s.channels_last { " channels-last" } else { "" },
+            rt.workers
+        ));
+        if let Some(advice) = model::precision_advice(device, s.amp, s.channels_last) {
+            log.warn(&advice);
+        }
+        if resume {
+            if let Some(note) = files::recover(dir)? {
+                log.warn(&format!("{}: {note}", dir.display()));
+            }
+        }
+        // Killed before the first epoch completed: nothing to continue, start from the beginning.
+        let resume = resume && {
+            let has_state = dir.join(LAST_STATE_JSON).exists();
+            if !has_state {
+                log.warn(&format!("{}: no completed epoch yet; starting from epoch 1", dir.display()));
+            }
+            has_state
+        };
+        let data = Self::load_data(cfg, s, resume, &*log)?;
+
+        // Model, initialised from the run's seed (then optionally overwritten by pretrained weights).
+        tch::manual_seed(cfg.seed as i64);
+        let mut vs = nn::VarStore::new(device);
+        let spec = cfg.arch.spec(cfg.classes.len());
+        let mut net = ResNet::new(&vs.root(), &spec, cfg.dropout);
+        if !resume {
+            match &s.pretrained {
+                Some(p) => log.info(&model::load_weights(&mut vs, p, &spec, true)?.summary()),
+                None => log.warn(&format!("warning: no --pretrained weights: {} starts from random initialisation; accuracy will suffer", cfg.arch)),
+            }
+        }
+        if s.mode == TrainMode::FeatureExtract {
+            model::freeze_backbone(&vs);
+            net.set_frozen_backbone(true);
+        }
+        if s.channels_last {
+            model::memory_format::vars_to_channels_last(&vs)?;
+        }
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = vars.into_iter().map(|(n, v)| {
+            let decay = s.decay_norm_bias || v.dim() > 1;
+            (n, v, decay)
+        });
+        let opt = Optimizer::new(s.optimizer.clone(), params.collect())?;
+
+        let epoch_samples = match s.sampling {
+            Sampling::Weighted => sampler::num_samples(data.train.len(), s.samples_multiplier),
+            Sampling::Shuffle => data.train.len(),
+        };
+        let mut steps_per_epoch = if s.drop_last { epoch_samples / s.batch_size } else { epoch_samples.div_ceil(s.batch_size) };
+        if let Some(m) = s.max_steps_per_epoch {
+            steps_per_epoch = steps_per_epoch.min(m);
+        }
+        if steps_per_epoch == 0 {
+            bail!("an epoch of {epoch_samples} training images does not fill one batch of {}", s.batch_size);
+        }
+        let schedule = LrSchedule::new(s.schedule.clone(), s.epochs, steps_per_epoch, s.best_metric.maximize());
+        let class_weight = loss::class_weights(s.class_weights, &data.train_sizes, s.effective_beta)
+            .map(|w| Tensor::from_slice(&w.iter().map(|&x| x as f32).collect::<Vec<f32>>()).to_device(device));
+        Ok(Trainer {
+            dir: dir.to_path_buf(),
+            cfg,
+            s,
+            rt,
+            out,
+            device,
+            amp,
+            data,
+            vs,
+            net,
+            opt,
+            schedule,
+            scaler: (amp == Some(AmpDtype::Fp16)).then(LossScaler::default),
+            class_weight,
+            epoch_samples,
+            steps_per_epoch,
+            epoch: 0,
+            global_step: 0,
+            best: None,
+            history: Vec::new(),
+        })
+    }
+
+    /// The dataset (checked against the run's classes, and on resume its fingerprint) and the
+    /// run's split.
+    fn load_data(cfg: &RunConfig, s: &TrainSettings, resume: bool, log: &dyn Log) -> Result<Data> {
+        let ds = Dataset::scan(&cfg.data_root)?;
+        if ds.classes != cfg.classes {
+            bail!("the classes in {} differ from the run's config.json ({} vs {} classes)", cfg.data_root.display(), ds.classes.len(), cfg.classes.len());
+        }
+        if resume {
+            let fp = ds.fingerprint()?;
+            if fp != cfg.data_fingerprint {
+                bail!(
+                    "the data in {} changed since the run started (fingerprint {fp}, recorded {}): resuming would train on a different split",
+                    cfg.data_root.display(),
+                    cfg.data_fingerprint
+                );
+            }
+        }
+        let nc = cfg.classes.len();
+        let labels = ds.labels();
+        let split = split::split(&labels, nc, &cfg.split)?;
+        for &c in &split.singletons {
+            log.warn(&format!("warning: class {:?} has a single image: it is trained on but never validated", cfg.classes[c]));
+        }
+        if let SplitSpec::Kfold { folds, .. } = cfg.split {
+            for c in split::classes_below(&labels, nc, folds) {
+                log.warn(&format!("warning: class {:?} has fewer than {folds} images: some folds do not validate it", cfg.classes[c]));
+            }
+        }
+        let train_labels: Vec<usize> = split.train.iter().map(|&i| labels[i]).collect();
+        let mut train_sizes = vec![0usize; nc];
+        for &l in &train_labels {
+            train_sizes[l] += 1;
+        }
+        if cfg.split.has_validation() {
+            log.info(&format!("{}: {} classes, {} training and {} validation images", cfg.data_root.display(), nc, split.train.len(), split.val.len()));
+        } else {
+            log.info(&format!(
+                "{}: {} classes, {} training images, no validation split (--val-fraction 0): best.safetensors is the last epoch, --best-metric {} is not used",
+                cfg.data_root.display(),
+                nc,
+                split.train.len(),
+                s.best_metric.name()
+            ));
+        }
+        Ok(Data {
+            paths: ds.paths().into(),
+            labels: labels.iter().map(|&l| l as i64).collect(),
+            train: split.train,
+            val: split.val,
+            train_labels,
+            train_sizes,
+        })
+    }
+
+    /// Resume: the last committed epoch's weights, optimiser, schedule, loss scale, best epoch
+    /// and history. False when the run already has every epoch asked for.
+    pub fn restore(&mut self) -> Result<bool> {
+        let dir = &self.dir;
+        if !dir.join(LAST_STATE_JSON).exists() {
+            return Ok(true); // killed before its first epoch: set_up already starts over
+        }
+        let st = ResumeState::load(dir)?;
+        let spec = self.cfg.arch.spec(self.cfg.classes.len());
+        model::load_weights(&mut self.vs, &Checkpoint::Last.weights(dir), &spec, false)?;
+        let state_path = dir.join(LAST_STATE_TENSORS);
+        let tensors = Tensor::read_safetensors(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?;
+        self.opt.load_state(tensors, &st.optimizer_steps).with_context(|| format!("{}", state_path.display()))?;
+        self.schedule.state = st.schedule.state;
+        self.best = st.best;
+        self.epoch = st.epoch;
+        self.global_step = st.global_step;
+        if let Some(sc) = self.scaler.as_mut().filter(|_| st.loss_scale > 1.0) {
+            sc.scale = st.loss_scale;
+            sc.growth_tracker = st.amp_growth_tracker;
+        }
+        let mut history = files::read_history(&dir.join(HISTORY))?;
+        history.retain(|r| r.epoch <= st.epoch);
+        if history.len() != st.epoch {
+            bail!("{}: history.csv has {} rows for {} completed epochs", dir.display(), history.len(), st.epoch);
+        }
+        self.history = history;
+        self.cfg.save(dir)?;
+        let log = &self.out.log;
+        if self.epoch >= self.s.epochs {
+            log.info(&format!("{} already completed {} of {} epochs; raise --epochs to train longer", dir.display(), self.epoch, self.s.epochs));
+            return Ok(false);
+        }
+        log.info(&format!("resuming after epoch {} of {}", self.epoch, self.s.epochs));
+        Ok(true)
+    }
+
+    /// Every remaining epoch: train, validate, commit, report.
+    pub fn fit(mut self) -> Result<()> {
+        while self.epoch < self.s.epochs {
+            let started = Instant::now();
+            let (train, failed) = self.train_epoch()?;
+            let val = self.validate()?;
+            let (row, improved) = self.commit(&train, val.as_ref(), started)?;
+            self.print_epoch(&row, improved, val.is_some(), failed);
+        }
+        let log = &self.out.log;
+        if let Some(b) = &self.best {
+            log.info(&format!("best {} {:.4} at epoch {}; run directory {}", self.s.best_metric.name(), b.value, b.epoch, self.dir.display()));
+        } else if !self.cfg.split.has_validation() {
+            log.info(&format!(
+                "trained on every image for {} epochs (no validation); best.safetensors = last epoch; run directory {}",
+                self.s.epochs,
+                self.dir.display()
+            ));
+        }
+        Ok(())
+    }
+
+    fn loader_config(&self, drop_last: bool) -> LoaderConfig {
+        LoaderConfig { batch_size: self.s.batch_size, workers: self.rt.workers, prefetch: 2 * self.rt.workers.max(2), drop_last }
+    }
+
+    /// This epoch's training order: weighted oversampling or a shuffle, seeded from
+    /// `(seed, epoch)`, cut to whole steps.
+    fn epoch_order(&self, epoch_seed: u64) -> Vec<usize> {
+        let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
+        let mut order: Vec<usize> = match self.s.sampling {
+            Sampling::Weighted => sampler::weighted_indices(&self.data.train_labels, self.epoch_samples, &mut rng).into_iter().map(|p| self.data.train[p]).collect(),
+            Sampling::Shuffle => {
+                let mut o = self.data.train.clone();
+                o.shuffle(&mut rng);
+                o
+            }
+        };
+        order.truncate(self.steps_per_epoch * self.s.batch_size);
+        order
+    }
+
+    /// One epoch of training steps. Returns the epoch's numbers and how many images failed.
+    pub fn train_epoch(&mut self) -> Result<(EpochTrain, usize)> {
+        let (epoch, s) = (self.epoch, self.s);
+        let epoch_seed = mix(self.cfg.seed, epoch as u64);
+        tch::manual_seed((epoch_seed >> 1) as i64);
+        let order = self.epoch_order(epoch_seed);
+        let epoch_images = order.len();
+        let mode = Mode::Train { preprocess: self.cfg.preprocess.clone(), augment: self.cfg.augment.clone(), seed: epoch_seed };
+        let loader = Loader::new(self.data.paths.clone(), self.data.labels.clone(), order, mode, self.loader_config(s.drop_last));
+        let bar = if self.out.progress { indicatif::ProgressBar::new(self.steps_per_epoch as u64) } else { indicatif::ProgressBar::hidden() };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, s.epochs));
+
+        let lr_first = self.schedule.lr(epoch, 0);
+        let mut failures = Failures::new(epoch_images, "training");
+        let loss_sum = Tensor::zeros([], (Kind::Double, self.device));
+        let correct = Tensor::zeros([], (Kind::Int64, self.device));
+        let mut seen = 0usize;
+        let started = Instant::now();
+        for (step, batch) in loader.enumerate() {
+            if step >= self.steps_per_epoch {
+                break;
+            }
+            let batch = batch?;
+            failures.note(&batch, &*self.out.log)?;
+            // BatchNorm cannot normalise a batch of one.
+            if batch.len() < 2 {
+                continue;
+            }
+            let (loss, hits) = guarded(|| format!("training step {} of epoch {}", step + 1, epoch + 1), || self.train_step(&batch, step))?;
+            let n = batch.len();
+            seen += n;
+            tch::no_grad(|| {
+                let _ = loss_sum.shallow_clone().g_add_(&(loss * n as f64));
+                let _ = correct.shallow_clone().g_add_(&hits);
+            });
+            if step % 10 == 0 || step + 1 == self.steps_per_epoch {
+                let mean = loss_sum.double_value(&[]) / seen as f64;
+                let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("loss {mean:.4} {rate:.1} img/s"));
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        if seen == 0 {
+            bail!("epoch {} trained on no images", epoch + 1);
+        }
+        let train = EpochTrain {
+            lr: lr_first,
+            loss: loss_sum.double_value(&[]) / seen as f64,
+            acc: correct.int64_value(&[]) as f64 / seen as f64,
+            images: seen,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        Ok((train, failures.count))
+    }
+
+    /// One optimiser step on `batch`. Returns the batch's mean loss (a float64 scalar on the
+    /// device) and its number of correct predictions, both left on the device so the step
+    /// does not wait for them.
+    fn train_step(&mut self, batch: &Batch, step: usize) -> Result<(Tensor, Tensor)> {
+        let (s, device) = (self.s, self.device);
+        let x = images_tensor(batch, device, s.channels_last)?;
+        let y = Tensor::from_slice(&batch.labels).to_device(device);
+        let lr = self.schedule.lr(self.epoch, step);
+        let logits = forward(&self.net, &x, true, device, self.amp)?;
+        let loss = loss::cross_entropy(&logits, &y, self.class_weight.as_ref(), s.label_smoothing);
+        // None: fp16 overflow, the step is skipped (and the loss scale has halved).
+        let grads = match self.scaler.as_mut() {
+            Some(sc) => sc.gradients(&self.opt, &loss)?,
+            None => Some(self.opt.gradients(&loss)?),
+        };
+        if let Some(grads) = grads {
+            if let Some(v) = s.clip_value {
+                optim::clip_grad_value(&grads, v)?;
+            }
+            if let Some(n) = s.clip_norm {
+                optim::clip_grad_norm(&grads, n)?;
+            }
+            self.opt.step(&grads, lr)?;
+        }
+        self.global_step += 1;
+        let hits = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64));
+        Ok((loss.detach().to_kind(Kind::Double), hits))
+    }
+
+    /// The validation pass, when the run has a validation side.
+    pub fn validate(&self) -> Result<Option<Validation>> {
+        if !self.cfg.split.has_validation() {
+            return Ok(None);
+        }
+        let loader = Loader::new(self.data.paths.clone(), self.data.labels.clone(), self.data.val.clone(), Mode::Eval(self.cfg.preprocess.clone()), self.loader_config(false));
+        let acc = guarded(
+            || format!("validation after epoch {}", self.epoch + 1),
+            || evaluate(&self.net, loader, self.cfg.classes.len(), self.device, self.amp, self.s.channels_last, self.data.val.len(), &*self.out.log),
+        )?;
+        let m = acc.finish();
+        Ok(Some((acc, m)))
+    }
+
+    /// Records the epoch: the schedule's end-of-epoch step, the best epoch, the history row,
+    /// and one atomic commit of every file (see [`files`] for why a kill -9 cannot leave a mix
+    /// of epochs). Returns the history row and whether this epoch is the new best.
+    pub fn commit(&mut self, train: &EpochTrain, val: Option<&Validation>, started: Instant) -> Result<(HistoryRow, bool)> {
+        let (s, cfg, epoch) = (self.s, self.cfg, self.epoch);
+        // Without validation the last epoch is the best one, and `best` stays None: there is
+        // no metric value to record or compare.
+        let mut improved = true;
+        if let Some((_, m)) = val {
+            let value = metric_value(m, s.best_metric);
+            self.schedule.end_epoch(value);
+            improved = !value.is_nan()
+                && match &self.best {
+                    None => true,
+                    Some(b) if s.best_metric.maximize() => value > b.value,
+                    Some(b) => value < b.value,
+                };
+            if improved {
+                self.best = Some(Best { epoch: epoch + 1, value });
+            }
+        }
+        let vm = val.map(|(_, m)| m);
+        let row = HistoryRow {
+            epoch: epoch + 1,
+            lr: train.lr,
+            train_loss: train.loss,
+            train_acc: train.acc,
+            val_loss: vm.and_then(|m| m.loss).unwrap_or(f64::NAN),
+            val_top1: vm.map_or(f64::NAN, |m| m.top1),
+            val_top5: vm.map_or(f64::NAN, |m| m.top5),
+            val_macro_acc: vm.map_or(f64::NAN, |m| m.macro_acc),
+            train_images_per_s: train.images as f64 / train.seconds.max(1e-9),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        self.history.push(row.clone());
+
+        let ck = match vm {
+            Some(m) => info(epoch + 1, m),
+            None => train_info(epoch + 1, train.loss, train.acc),
+        };
+        let mut commit = Commit::new(&self.dir);
+        if improved {
+            model::save_safetensors(&self.vs, &commit.path("best.safetensors"))?;
+            commit.add("best.safetensors");
+            commit.bytes("best.json", serde_json::to_string_pretty(&ck)?.as_bytes())?;
+            if let Some((acc, _)) = val {
+                commit.bytes(BEST_CONFUSION, &files::confusion_csv(&cfg.classes, acc.confusion())?)?;
+                commit.bytes(BEST_PER_CLASS, &files::per_class_csv(&cfg.classes, &self.data.train_sizes, acc.confusion())?)?;
+            }
+        }
+        model::save_safetensors(&self.vs, &commit.path("last.safetensors"))?;
+        commit.add("last.safetensors");
+        commit.tensors(LAST_STATE_TENSORS, &self.opt.state_tensors())?;
+        commit.bytes("last.json", serde_json::to_string_pretty(&ck)?.as_bytes())?;
+        commit.bytes(HISTORY, &files::history_csv(&self.history)?)?;
+        let state = ResumeState {
+            sorbier_version: sorbier::VERSION.to_string(),
+            epoch: epoch + 1,
+            global_step: self.global_step,
+            optimizer_steps: self.opt.steps(),
+            schedule: self.schedule.clone(),
+            best: self.best.clone(),
+            seed: cfg.seed,
+            loss_scale: self.scaler.as_ref().map_or(1.0, |sc| sc.scale),
+            amp_growth_tracker: self.scaler.as_ref().map_or(0, |sc| sc.growth_tracker),
+        };
+        commit.bytes(LAST_STATE_JSON, serde_json::to_string_pretty(&state)?.as_bytes())?;
+        commit.finish()?;
+        self.epoch += 1;
+        Ok((row, improved))
+    }
+
+    /// The epoch's summary line, and the report pictures when asked for.
+    fn print_epoch(&self, row: &HistoryRow, improved: bool, validated: bool, failed: usize) {
+        let log = &self.out.log;
+        let val_part = if validated {
+            format!(" | val loss {:.4} top1 {:.4} top5 {:.4} macro {:.4}", row.val_loss, row.val_top1, row.val_top5, row.val_macro_acc)
+        } else {
+            String::new()
+        };
+        log.info(&format!(
+            "epoch {}/{} lr {:.3e} | train loss {:.4} acc {:.4}{val_part} | {:.1} img/s {:.1}s{}",
+            row.epoch,
+            self.s.epochs,
+            row.lr,
+            row.train_loss,
+            row.train_acc,
+            row.train_images_per_s,
+            row.seconds,
+            if improved && validated { " *best*" } else { "" }
+        ));
+        if failed > 0 {
+            log.warn(&format!("warning: {failed} training image(s) could not be loaded this epoch"));
+        }
+        // Pictures are a convenience: a failure to draw one must never stop training.
+        if self.out.report {
+            if let Err(e) = sorbier::report::training::render_run(&self.dir) {
+                log.warn(&format!("warning: could not draw the training report: {e:#}"));
+            }
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! End-to-end tests of `trainer train` on the real flowers photos at a tiny resolution:
+//! the loss falls, the run directory is complete and consistent, `--resume` (also after a
+//! `kill -9`) reproduces an uninterrupted run, and bad requests are clear errors.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use sorbier::run::{CheckpointInfo, RunConfig};
+use sorbier_train::files::{read_history, HistoryRow};
+use sorbier_train::TrainSettings;
+
+fn flowers() -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("../shared/data/flowers")
+}
+
+/// An ImageFolder of symbolic links to the first `per_class` photos of each flowers class.
+fn subset(dir: &Path, per_class: usize) -> PathBuf {
+    let root = dir.join("subset");
+    for class in std::fs::read_dir(flowers().join("train")).unwrap().flatten() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(class.path()).unwrap().flatten().map(|e| e.path()).collect();
+        files.sort();
+        let to = root.join(class.file_name());
+        std::fs::create_dir_all(&to).unwrap();
+        for f in files.iter().take(per_class) {
+            std::os::unix::fs::symlink(f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    root
+}
+
+/// A small, fast, deterministic recipe: ResNet-18, 32 px, 4 steps of 12 images per epoch.
+fn base_args(out: &Path, epochs: usize) -> Vec<String> {
+    args_for(&flowers(), out, epochs)
+}
+
+fn args_for(data: &Path, out: &Path, epochs: usize) -> Vec<String> {
+    let mut a: Vec<String> = ["train", data.to_str().unwrap(), "--out", out.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+    let rest = [
+        "--arch", "resnet18", "--image-size", "32", "--batch-size", "12", "--max-steps-per-epoch", "4", "--workers", "2",
+        "--threads", "1", "--seed", "3", "--dropout", "0.2", "--quiet", "--epochs",
+    ];
+    a.extend(rest.iter().map(|s| s.to_string()));
+    a.push(epochs.to_string());
+    a
+}
+
+fn trainer(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("run trainer")
+}
+
+fn ok(args: &[String]) -> Output {
+    let out = trainer(args);
+    assert!(out.status.success(), "trainer {args:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// History rows without the wall-clock columns.
+fn results(rows: &[HistoryRow]) -> Vec<[f64; 8]> {
+    rows.iter().map(|r| [r.epoch as f64, r.lr, r.train_loss, r.train_acc, r.val_loss, r.val_top1, r.val_top5, r.val_macro_acc]).collect()
+}
+
+fn tensors(path: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut t = tch::Tensor::read_safetensors(path).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+fn assert_same_weights(a: &Path, b: &Path) {
+    let (ta, tb) = (tensors(a), tensors(b));
+    assert_eq!(ta.len(), tb.len());
+    for ((na, xa), (nb, xb)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb);
+        let diff = (xa.to_kind(tch::Kind::Double) - xb.to_kind(tch::Kind::Double)).abs().max().double_value(&[]);
+        assert!(diff <= 1e-6, "{na} differs by {diff} between {} and {}", a.display(), b.display());
+    }
+}
+
+#[test]
+fn training_lowers_the_loss_and_writes_a_complete_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // The same 40 images (8 per class) every epoch, no augmentation: the loss must fall as
+    // the net fits them.
+    let data = subset(dir.path(), 10);
+    let mut args = args_for(&data, &run, 5);
+    args.extend(["--sampling", "shuffle", "--no-random-resized-crop", "--no-hflip", "--no-vflip", "--schedule", "none"].iter().map(|s| s.to_string()));
+    let out = ok(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("| train loss").count(), 5, "{stdout}");
+
+    for f in ["config.json", "history.csv", "best.safetensors", "best.json", "best_confusion.csv", "best_per_class.csv", "last.safetensors", "last.json", "last.state.safetensors", "last.state.json"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&run).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().contains("next") || n.to_string_lossy().contains("tmp") || n == "commit.json").collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // The report pictures are redrawn after each epoch.
+    assert!(run.join("curves.png").is_file());
+
+    let cfg = RunConfig::load(&run).unwrap();
+    assert_eq!(cfg.classes.len(), 5);
+    assert_eq!(cfg.arch, sorbier::arch::Arch::Resnet18);
+    assert_eq!((cfg.preprocess.crop, cfg.preprocess.resize), (32, 37));
+    assert!(!cfg.augment.random_resized_crop && !cfg.augment.hflip);
+    let s = TrainSettings::from_config(&cfg).unwrap();
+    assert_eq!((s.epochs, s.batch_size, s.max_steps_per_epoch), (5, 12, Some(4)));
+    assert_eq!(serde_json::to_value(&s).unwrap(), cfg.train, "settings round-trip");
+
+    let h = read_history(&run.join("history.csv")).unwrap();
+    assert_eq!(h.iter().map(|r| r.epoch).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert!(h[4].train_loss < 0.8 * h[0].train_loss, "training loss did not fall: {:?}", h.iter().map(|r| r.train_loss).collect::<Vec<_>>());
+
+    // best.json names the best epoch by top-1, and its confusion matrix agrees with it.
+    let best = CheckpointInfo::load(&run.join("best.json")).unwrap();
+    let top = h.iter().map(|r| r.val_top1).fold(f64::MIN, f64::max);
+    assert_eq!(best.metrics["top1"], top);
+    assert_eq!(h[best.epoch - 1].val_top1, top);
+    let cm = std::fs::read_to_string(run.join("best_confusion.csv")).unwrap();
+    let rows: Vec<Vec<String>> = cm.lines().map(|l| l.split(',').map(String::from).collect()).collect();
+    assert_eq!(rows[0][0], "true\\pred");
+    assert_eq!(&rows[0][1..], cfg.classes.as_slice());
+    let (mut diag, mut total) = (0usize, 0usize);
+    for (i, r) in rows[1..].iter().enumerate() {
+        let counts: Vec<usize> = r[1..].iter().map(|x| x.parse().unwrap()).collect();
+        diag += counts[i];
+        total += counts.iter().sum::<usize>();
+    }
+    assert!((diag as f64 / total as f64 - top).abs() < 1e-12);
+    assert_eq!(CheckpointInfo::load(&run.join("last.json")).unwrap().epoch, 5);
+
+    // An existing run is never overwritten.
+    let again = trainer(&base_args(&run, 1));
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("--resume") && err.contains("not empty"), "{err}");
+}
+
+#[test]
+fn resume_reproduces_an_uninterrupted_run_even_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+    let uninterrupted = ok(&base_args(&a, 3));
+    assert!(String::from_utf8_lossy(&uninterrupted.stdout).contains("epoch 3/3"));
+
+    // Stopped cleanly after 2 epochs, then resumed to 3.
+    ok(&base_args(&b, 2));
+    let resume = |run: &Path| {
+        let args: Vec<String> = ["train", "--resume", run.to_str().unwrap(), "--epochs", "3", "--quiet"].iter().map(|s| s.to_string()).collect();
+        ok(&args)
+    };
+    let out = resume(&b);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("resuming after epoch 2") && stdout.contains("epoch 3/3") && !stdout.contains("epoch 1/3"), "{stdout}");
+    let ha = read_history(&a.join("history.csv")).unwrap();
+    let hb = read_history(&b.join("history.csv")).unwrap();
+    assert_eq!(results(&hb), results(&ha));
+    assert_same_weights(&a.join("last.safetensors"), &b.join("last.safetensors"));
+    assert_eq!(RunConfig::load(&b).unwrap().train["epochs"], 3);
+
+    // Killed with SIGKILL during epoch 2 (after epoch 1's checkpoint exists), then resumed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer")).args(base_args(&c, 3)).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while !c.join("last.json").exists() {
+        assert!(started.elapsed() < Duration::from_secs(120), "epoch 1 never finished");
+        assert!(child.try_wait().unwrap().is_none(), "trainer exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = CheckpointInfo::load(&c.join("last.json")).unwrap().epoch;
+    assert!(before < 3, "the run finished before it could be killed");
+    resume(&c);
+    let hc = read_history(&c.join("history.csv")).unwrap();
+    assert_eq!(results(&hc), results(&ha));
+    assert_same_weights(&a.join("last.safetensors"), &c.join("last.safetensors"));
+    assert_same_weights(&a.join("best.safetensors"), &c.join("best.safetensors"));
+
+    // Resuming a finished run trains nothing more.
+    let out = resume(&c);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already completed 3 of 3"));
+    assert_eq!(read_history(&c.join("history.csv")).unwrap().len(), 3);
+}
+
+/// `--channels-last` is recorded, keeps checkpoints in the standard layout, and resumes to the
+/// same result. The layout check: in feature-extraction mode the backbone never changes, so
+/// every backbone tensor a channels-last run saves must equal, bit for bit, the one a default
+/// run saves from the same seed (a layout mix-up would scramble them). Whole trajectories are
+/// not compared: Adam's first steps turn the convolutions' last-bit differences between layouts
+/// into lr-sized ones (the gradients themselves agree: see `memory_format`'s unit test).
+#[test]
+fn channels_last_is_recorded_keeps_the_standard_layout_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, epochs: usize, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut a = base_args(&out, epochs);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        (out.clone(), ok(&a))
+    };
+    let (nchw, _) = run("nchw", 1, &["--mode", "feature-extract"]);
+    let (nhwc, out) = run("nhwc", 1, &["--mode", "feature-extract", "--channels-last"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("channels-last"), "the device line says so");
+    assert_eq!(RunConfig::load(&nhwc).unwrap().train["channels_last"], true);
+    assert_eq!(RunConfig::load(&nchw).unwrap().train["channels_last"], false);
+    let (ta, tb) = (tensors(&nchw.join("last.safetensors")), tensors(&nhwc.join("last.safetensors")));
+    let mut compared = 0;
+    for ((name, a), (_, b)) in ta.iter().zip(&tb).filter(|((n, _), _)| !n.starts_with("fc.")) {
+        assert!(a.equal(b), "{name} differs: the channels-last run saved it in another layout");
+        compared += (a.dim() == 4) as usize;
+    }
+    assert_eq!(compared, 20, "ResNet-18's convolution weights");
+
+    let (straight, _) = run("straight", 2, &["--channels-last"]);
+    let (resumed, _) = run("resumed", 1, &["--channels-last"]);
+    ok(&["train", "--resume", resumed.to_str().unwrap(), "--epochs", "2", "--quiet"].iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let history = |run: &Path| results(&read_history(&run.join("history.csv")).unwrap());
+    assert_eq!(history(&resumed), history(&straight));
+    assert_same_weights(&straight.join("last.safetensors"), &resumed.join("last.safetensors"));
+}
+
+/// `--amp --amp-dtype bf16` runs autocast on the CPU (no loss scaling) and trains; fp16
+/// autocast needs CUDA, so `--amp` alone on a CPU says so on stderr and trains in fp32.
+#[test]
+fn bf16_mixed_precision_trains_on_cpu_and_fp16_falls_back_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bf16, fp16) = (dir.path().join("bf16"), dir.path().join("fp16"));
+    let mut a = base_args(&bf16, 2);
+    a.extend(["--amp", "--amp-dtype", "bf16", "--device", "cpu", "--lr", "3e-3"].map(String::from));
+    let out = ok(&a);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(bf16 autocast)"), "{}", String::from_utf8_lossy(&out.stdout));
+    let cfg = RunConfig::load(&bf16).unwrap();
+    assert_eq!((cfg.train["amp"].clone(), cfg.train["amp_dtype"].clone()), (true.into(), "bf16".into()));
+    let h = read_history(&bf16.join("history.csv")).unwrap();
+    assert_eq!(h.len(), 2);
+    assert!(h.iter().all(|r| r.train_loss.is_finite() && r.val_loss.is_finite()), "{:?}", results(&h));
+    // Weights stay float32 (autocast casts per op) and load like any other run's.
+    assert!(tensors(&bf16.join("best.safetensors")).iter().all(|(_, t)| t.kind() != tch::Kind::BFloat16));
+
+    let mut a = base_args(&fp16, 1);
+    a.extend(["--amp", "--device", "cpu"].map(String::from));
+    let out = ok(&a);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fp16 mixed precision (--amp) needs CUDA; training in fp32"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("autocast"));
+}
+
+/// Equal, counting NaN as equal to NaN (the validation columns of a run without validation).
+fn same_results(a: &[HistoryRow], b: &[HistoryRow]) -> bool {
+    let (ra, rb) = (results(a), results(b));
+    ra.len() == rb.len() && ra.iter().flatten().zip(rb.iter().flatten()).all(|(x, y)| x == y || (x.is_nan() && y.is_nan()))
+}
+
+#[test]
+fn val_fraction_zero_trains_on_every_image_and_keeps_the_last_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = subset(dir.path(), 5);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let with_all = |run: &Path, epochs: usize| {
+        let mut args = args_for(&data, run, epochs);
+        args.extend(["--val-fraction", "0", "--sampling", "shuffle", "--best-metric", "macro-acc"].iter().map(|s| s.to_string()));
+        args
+    };
+    let out = ok(&with_all(&a, 3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("25 training images, no validation split"), "{stdout}");
+    assert_eq!(stdout.matches("| train loss").count(), 3, "{stdout}");
+    assert!(!stdout.contains("val loss") && !stdout.contains("*best*"), "{stdout}");
+    assert!(stdout.contains("best.safetensors = last epoch"), "{stdout}");
+
+    let cfg = RunConfig::load(&a).unwrap();
+    assert!(!cfg.split.has_validation());
+    for f in ["config.json", "history.csv", "best.safetensors", "best.json", "last.safetensors", "last.json", "last.state.safetensors", "last.state.json", "curves.png", "report.html"] {
+        assert!(a.join(f).is_file(), "{f} missing");
+    }
+    for f in ["best_confusion.csv", "best_per_class.csv", "confusion.png", "commit.json"] {
+        assert!(!a.join(f).exists(), "{f} should not exist without validation");
+    }
+
+    // Every image trains: 25 images, shuffled, batches of 12 with the last one dropped.
+    let h = read_history(&a.join("history.csv")).unwrap();
+    assert_eq!(h.iter().map(|r| r.epoch).collect::<Vec<_>>(), [1, 2, 3]);
+    for r in &h {
+        assert!(r.val_loss.is_nan() && r.val_top1.is_nan() && r.val_top5.is_nan() && r.val_macro_acc.is_nan(), "{r:?}");
+        assert!(r.train_loss.is_finite() && (0.0..=1.0).contains(&r.train_acc), "{r:?}");
+    }
+
+    // best = last: same weights, same epoch, training numbers only (valid JSON, no NaN).
+    assert_same_weights(&a.join("best.safetensors"), &a.join("last.safetensors"));
+    let best = CheckpointInfo::load(&a.join("best.json")).unwrap();
+    assert_eq!(best, CheckpointInfo::load(&a.join("last.json")).unwrap());
+    assert_eq!(best.epoch, 3);
+    assert_eq!(best.metrics.keys().collect::<Vec<_>>(), ["train_acc", "train_loss"]);
+    assert!((best.metrics["train_loss"] - h[2].train_loss).abs() < 1e-12);
+
+    // The report draws from a history with empty validation columns.
+    let drawn = sorbier::report::training::render_run(&a).unwrap();
+    let names: Vec<String> = drawn.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["curves.png", "report.html"]);
+    let html = std::fs::read_to_string(a.join("report.html")).unwrap();
+    assert_eq!(html.matches("<tr><td>").count(), 3, "one history row per epoch:\n{html}");
+
+    // The run exports, with the training numbers and the epoch on the model card.
+    let model = sorbier::export::export_run(&a, sorbier::run::Checkpoint::Best, false).unwrap();
+    let meta = sorbier::export::model_meta(&model).unwrap();
+    assert_eq!(meta.metrics["epoch"], 3.0);
+    assert!((meta.metrics["train_loss"] - h[2].train_loss).abs() < 1e-12);
+
+    // Two epochs, then resumed to three: the same run as the uninterrupted one.
+    ok(&with_all(&b, 2));
+    let resume: Vec<String> = ["train", "--resume", b.to_str().unwrap(), "--epochs", "3", "--quiet"].iter().map(|s| s.to_string()).collect();
+    let out = ok(&resume);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resuming after epoch 2"));
+    let hb = read_history(&b.join("history.csv")).unwrap();
+    assert!(same_results(&hb, &h), "{hb:?}\n{h:?}");
+    assert_same_weights(&a.join("last.safetensors"), &b.join("last.safetensors"));
+    assert_same_weights(&b.join("best.safetensors"), &b.join("last.safetensors"));
+
+    // No validation metric can drive a plateau schedule.
+    let mut args = with_all(&dir.path().join("plateau"), 1);
+    args.extend(["--schedule".to_string(), "plateau".to_string()]);
+    let out = trainer(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("plateau"));
+    assert!(!dir.path().join("plateau").exists(), "a refused run leaves no directory");
+}
+
+#[test]
+fn bad_requests_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    if !tch::Cuda::is_available() {
+        let mut args = base_args(&dir.path().join("cuda"), 1);
+        args.extend(["--device".to_string(), "cuda".to_string()]);
+        let out = trainer(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("CUDA") || err.contains("cuda"), "{err}");
+    }
+    let out = trainer(&["train".into(), "--resume".into(), dir.path().join("nothing").to_str().unwrap().into()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config.json"));
+}
