@@ -1,0 +1,59 @@
+//! Mutation fuzzing (see `tests/common/fuzz.rs`) of the predictor's readers of user files: the
+//! submission/solution CSVs of `predictor score` and the saved-logits safetensors of
+//! `--save-logits`. Each returns `Ok` or a clean `Err` on any input, never panics.
+use proptest::prelude::*;
+
+#[path = "../../../tests/common/fuzz.rs"]
+mod fuzz;
+use fuzz::{config, corpus, mutate, mutation};
+
+use sorbier_predict::ensemble::{Average, Outputs};
+
+fn logits_seed() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("l.safetensors");
+    let out = Outputs {
+        classes: vec!["a".into(), "b".into(), "c".into()],
+        mean: ndarray::array![[1.0, 2.0, 0.5], [f32::NAN, f32::NAN, f32::NAN]],
+        members: vec![ndarray::array![[1.0, 2.0, 0.5], [f32::NAN, f32::NAN, f32::NAN]]],
+        failed: vec![(1, "bad".into())],
+        average: Average::Logits,
+        images_per_s: 1.0,
+    };
+    sorbier_predict::logits::save(&p, &["x.jpg".into(), "y.jpg".into()], &out, &["m.onnx".into()], &[1.0], "none").unwrap();
+    std::fs::read(&p).unwrap()
+}
+
+fn in_file<T>(bytes: &[u8], f: impl FnOnce(&std::path::Path) -> T) -> T {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    std::fs::write(&p, bytes).unwrap();
+    f(&p)
+}
+
+#[test]
+fn the_seeds_are_read() {
+    for (name, bytes) in corpus("csv").into_iter().filter(|c| c.0 != "history.csv") {
+        let rows = in_file(&bytes, sorbier_predict::score::read_rows).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert!(rows.len() >= 2, "{name}");
+    }
+    let saved = in_file(&logits_seed(), sorbier_predict::logits::load).unwrap();
+    assert_eq!(saved.mean.dim(), (2, 3));
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn the_submission_reader_never_panics(seed in 0usize..64, m in mutation()) {
+        let seeds = corpus("csv");
+        let (_, bytes) = &seeds[seed % seeds.len()];
+        let sub = mutate(bytes, &m);
+        let _ = in_file(&sub, |p| sorbier_predict::score::score_files(p, p));
+    }
+
+    #[test]
+    fn the_saved_logits_reader_never_panics(m in mutation()) {
+        let _ = in_file(&mutate(&logits_seed(), &m), sorbier_predict::logits::load);
+    }
+}
