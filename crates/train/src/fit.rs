@@ -260,7 +260,7 @@ impl<'a> Trainer<'a> {
             if s.channels_last { " channels-last" } else { "" },
             rt.workers
         ));
-        if let Some(advice) = model::precision_advice(device, s.amp, s.channels_last) {
+        if let Some(advice) = model::precision_advice(device, amp, s.channels_last, model::cpu_has_native_bf16()) {
             log.warn(&advice);
         }
         if resume {
