@@ -80,11 +80,16 @@ impl Outputs {
 
     /// Class probabilities of row `i` (softmax of the mean logits, or the mean probabilities).
     pub fn probs(&self, i: usize) -> Vec<f32> {
-        let row = self.mean.row(i);
-        match self.average {
-            Average::Logits => softmax(&row.to_vec()),
-            Average::Probs => row.to_vec(),
-        }
+        probabilities(&self.mean.row(i).to_vec(), self.average)
+    }
+}
+
+/// Class probabilities of one output row in `average` space: the softmax of logits, or the
+/// probabilities as they are.
+pub fn probabilities(row: &[f32], average: Average) -> Vec<f32> {
+    match average {
+        Average::Logits => softmax(row),
+        Average::Probs => row.to_vec(),
     }
 }
 
@@ -140,6 +145,29 @@ pub fn check_same_classes(models: &[(PathBuf, Vec<String>)]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses weights that are not one positive number per `what` (models, files…).
+pub fn check_weights(weights: &[f64], n: usize, what: &str) -> Result<()> {
+    if weights.len() != n {
+        bail!("{} weights given for {n} {what}", weights.len());
+    }
+    if let Some(x) = weights.iter().find(|&&x| !(x.is_finite() && x > 0.0)) {
+        bail!("weights must be positive numbers, got {x}");
+    }
+    Ok(())
+}
+
+/// The weighted mean `Σ wᵢ·Xᵢ / Σ wᵢ` of `n × c` member outputs (in whatever space they are),
+/// accumulated in float32 in member order — the one way ensembles and blends average.
+pub fn weighted_mean(members: &[Array2<f32>], weights: &[f64]) -> Array2<f32> {
+    let dim = members.first().map_or((0, 0), |m| m.dim());
+    let total: f64 = weights.iter().sum();
+    let mut mean = Array2::<f32>::zeros(dim);
+    for (m, &w) in members.iter().zip(weights) {
+        mean.scaled_add((w / total) as f32, m);
+    }
+    mean
+}
+
 /// At most 10 names and the total, e.g. `"a", "b" … (12 in all)`.
 pub fn list<T: std::fmt::Debug>(items: &[T]) -> String {
     let shown: Vec<String> = items.iter().take(10).map(|x| format!("{x:?}")).collect();
@@ -165,12 +193,7 @@ impl Ensemble {
             bail!("no model given (--model FILE.onnx)");
         }
         if let Some(w) = weights {
-            if w.len() != models.len() {
-                bail!("{} weights given for {} models", w.len(), models.len());
-            }
-            if let Some(x) = w.iter().find(|&&x| !(x.is_finite() && x > 0.0)) {
-                bail!("model weights must be positive numbers, got {x}");
-            }
+            check_weights(w, models.len(), "models")?;
         }
         let mut members = Vec::new();
         let mut preprocesses: Vec<Preprocess> = Vec::new();
@@ -242,8 +265,7 @@ impl Ensemble {
             failed.extend(batch.failed.iter().cloned());
             let k = batch.items.len();
             if k > 0 {
-                for (m, member) in self.members.iter_mut().enumerate() {
-                    let acc = member.forward_variants(&batch.tensors[member.preprocess], c, self.average)?;
+                for (m, acc) in self.forward_prepared(&batch.tensors)?.iter().enumerate() {
                     for (row, &i) in acc.rows().into_iter().zip(&batch.items) {
                         members[m].row_mut(i).assign(&row);
                     }
@@ -253,11 +275,8 @@ impl Ensemble {
         }
         bar.finish_and_clear();
         let elapsed = start.elapsed().as_secs_f64();
-        let total_w: f64 = self.members.iter().map(|m| m.weight).sum();
-        let mut mean = Array2::<f32>::zeros((n, c));
-        for (member, out) in self.members.iter().zip(&members) {
-            mean.scaled_add((member.weight / total_w) as f32, out);
-        }
+        let weights: Vec<f64> = self.members.iter().map(|m| m.weight).collect();
+        let mean = weighted_mean(&members, &weights);
         failed.sort_by_key(|f| f.0);
         Ok(Outputs {
             classes: self.classes.clone(),
@@ -268,9 +287,29 @@ impl Ensemble {
             images_per_s: if elapsed > 0.0 { n as f64 / elapsed } else { 0.0 },
         })
     }
+
+    /// Every member's output for one prepared batch (`tensors[p][v]`: preprocess `p`, TTA
+    /// variant `v`, `k × 3 × s × s` each, as [`Pipeline`] makes them), TTA-averaged in the
+    /// averaging space: one `k × c` matrix per member. [`Ensemble::run`] and the server both
+    /// run batches through here; [`weighted_mean`] of the result is the ensemble's output.
+    pub fn forward_prepared(&mut self, tensors: &[Vec<ndarray::Array4<f32>>]) -> Result<Vec<Array2<f32>>> {
+        let c = self.classes.len();
+        let average = self.average;
+        self.members.iter_mut().map(|m| m.forward_variants(&tensors[m.preprocess], c, average)).collect()
+    }
+
+    /// The members' weights, in member order.
+    pub fn weights(&self) -> Vec<f64> {
+        self.members.iter().map(|m| m.weight).collect()
+    }
 }
 
 impl Member {
+    /// Name of the model's image input (`input` for models `trainer export` writes).
+    pub fn input_name(&self) -> &str {
+        &self.input
+    }
+
     /// Logits of a `k × 3 × size × size` batch: `k × c`.
     pub fn forward(&mut self, input: ArrayView4<f32>, c: usize) -> Result<Array2<f32>> {
         let path = self.path.display().to_string();

@@ -8,7 +8,8 @@
 //! - [`submit`]: `predictor predict` (submission CSV, top-k, skipped report, saved logits);
 //! - [`evaluate`]: `predictor evaluate` on a labelled ImageFolder;
 //! - [`score`]: `predictor score` of a submission against a solution (no ONNX Runtime);
-//! - [`info`]: `predictor info`, read straight from the ONNX protobuf (no ONNX Runtime).
+//! - [`info`]: `predictor info`, read straight from the ONNX protobuf (no ONNX Runtime);
+//! - [`serve`]: `predictor serve`, an Open Inference Protocol server with dynamic batching.
 //!
 //! Every model describes itself: class names and preprocessing come only from its metadata
 //! (the model card written by `trainer export`, see [`sorbier::meta`]).
@@ -27,6 +28,7 @@ pub mod logits;
 pub mod pipeline;
 pub mod runtime;
 pub mod score;
+pub mod serve;
 pub mod submit;
 pub mod tta;
 

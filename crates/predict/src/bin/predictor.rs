@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 #[path = "predictor/cli.rs"]
 mod cli;
+#[path = "predictor/serve.rs"]
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "predictor", version, about, long_about = None)]
@@ -24,6 +26,8 @@ enum Command {
     Score(cli::ScoreArgs),
     /// Print a model's inputs, outputs, opset and metadata (no ONNX Runtime needed).
     Info(cli::InfoArgs),
+    /// Serve the models over HTTP: Open Inference Protocol (KServe v2) and /v1/identify, with dynamic batching.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
         Command::Evaluate(a) => cli::evaluate(&a),
         Command::Score(a) => cli::score(&a),
         Command::Info(a) => cli::info(&a),
+        Command::Serve(a) => serve::serve(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
