@@ -21,7 +21,7 @@ mod bench {
     use std::time::Instant;
 
     use anyhow::{bail, Context, Result};
-    use sorbier::arch::{Arch, ResNetSpec};
+    use sorbier::arch::{Arch, NetSpec};
     use sorbier::export::{build_model, write_model, StateDict, Tensor};
     use sorbier::meta::ModelMeta;
     use sorbier_predict::ensemble::{Average, Ensemble};
@@ -91,7 +91,7 @@ mod bench {
         }
         std::fs::create_dir_all(dir)?;
         let classes: Vec<String> = ["daisy", "dandelion", "roses", "sunflowers", "tulips"].iter().map(|s| s.to_string()).collect();
-        let spec = ResNetSpec::new(arch, classes.len());
+        let spec = NetSpec::new(arch, classes.len());
         let mut state = 0x5eedu64;
         let mut weights = StateDict::new();
         for (name, shape) in spec.tensors() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use sorbier::arch::{Arch, ResNetSpec};
+use sorbier::arch::{Arch, NetSpec};
 use sorbier::export::{build_model, write_model, StateDict, Tensor};
 use sorbier::meta::ModelMeta;
 use sorbier::transforms::Preprocess;
@@ -64,7 +64,7 @@ impl Rng {
 
 /// A ResNet-18 with seeded random weights (He-style scale so activations stay O(1)).
 fn make_model(path: &Path, classes: &[String], crop: u32, seed: u64) {
-    let spec = ResNetSpec::new(Arch::Resnet18, classes.len());
+    let spec = NetSpec::new(Arch::Resnet18, classes.len());
     let mut rng = Rng(seed);
     let mut weights = StateDict::new();
     for (name, shape) in spec.tensors() {
