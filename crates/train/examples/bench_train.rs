@@ -79,7 +79,8 @@ fn main() -> Result<()> {
     let classes = ds.classes.len();
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
-    let net = Net::new(&vs.root(), &arch.spec(classes), 0.0);
+    // The family's training-time regularisation, as the PyTorch peer's model has it.
+    let net = Net::new(&vs.root(), &arch.spec(classes), arch.default_dropout()).with_drop_path(arch.default_drop_path());
     if channels_last {
         memory_format::vars_to_channels_last(&vs)?;
     }
