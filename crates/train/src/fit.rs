@@ -233,36 +233,15 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
 
 impl<'a> Trainer<'a> {
     /// Device and precision, crash recovery of the run directory, the dataset and its split,
-    /// the model (seeded, then pretrained weights for a new run), the optimiser and schedule.
+    /// the model (seeded, then pretrained weights for a new run), the optimiser and schedule:
+    /// the steps below, in that order.
     pub fn set_up(dir: &Path, cfg: &'a RunConfig, s: &'a TrainSettings, rt: &'a Runtime, resume: bool, out: Output) -> Result<Trainer<'a>> {
         let log = out.log.clone();
         if let Some(t) = rt.threads {
             tch::set_num_threads(t as i32);
         }
         super::check_split(&cfg.split, s)?;
-        let device = model::select_device(&rt.device)?;
-        // fp16 autocast with loss scaling on CUDA; bf16 on CUDA or CPU, without scaling.
-        let amp = match (s.amp, s.amp_dtype) {
-            (false, _) => None,
-            (true, AmpDtype::Fp16) if !device.is_cuda() => {
-                log.warn("fp16 mixed precision (--amp) needs CUDA; training in fp32 (--amp-dtype bf16 also runs on CPU)");
-                None
-            }
-            (true, dtype) => Some(dtype),
-        };
-        if device.is_cuda() {
-            tch::Cuda::cudnn_set_benchmark(true);
-        }
-        log.info(&format!(
-            "device {}{}{}, {} loader workers",
-            describe(device),
-            amp.map(|d| format!(" ({d} autocast)")).unwrap_or_default(),
-            if s.channels_last { " channels-last" } else { "" },
-            rt.workers
-        ));
-        if let Some(advice) = model::precision_advice(device, amp, s.channels_last, model::cpu_has_native_bf16()) {
-            log.warn(&advice);
-        }
+        let (device, amp) = Self::choose_device(s, rt, &*log)?;
         if resume {
             if let Some(note) = files::recover(dir)? {
                 log.warn(&format!("{}: {note}", dir.display()));
@@ -317,6 +296,35 @@ impl<'a> Trainer<'a> {
             best: None,
             history: Vec::new(),
         })
+    }
+
+    /// The device and the mixed precision that will really run there — fp16 autocast with
+    /// loss scaling on CUDA; bf16 on CUDA or CPU, without scaling — said in the log with
+    /// advice for this hardware.
+    fn choose_device(s: &TrainSettings, rt: &Runtime, log: &dyn Log) -> Result<(Device, Option<AmpDtype>)> {
+        let device = model::select_device(&rt.device)?;
+        let amp = match (s.amp, s.amp_dtype) {
+            (false, _) => None,
+            (true, AmpDtype::Fp16) if !device.is_cuda() => {
+                log.warn("fp16 mixed precision (--amp) needs CUDA; training in fp32 (--amp-dtype bf16 also runs on CPU)");
+                None
+            }
+            (true, dtype) => Some(dtype),
+        };
+        if device.is_cuda() {
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        log.info(&format!(
+            "device {}{}{}, {} loader workers",
+            describe(device),
+            amp.map(|d| format!(" ({d} autocast)")).unwrap_or_default(),
+            if s.channels_last { " channels-last" } else { "" },
+            rt.workers
+        ));
+        if let Some(advice) = model::precision_advice(device, amp, s.channels_last, model::cpu_has_native_bf16()) {
+            log.warn(&advice);
+        }
+        Ok((device, amp))
     }
 
     /// The dataset (checked against the run's classes, and on resume its fingerprint) and the
