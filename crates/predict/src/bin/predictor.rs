@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 #[path = "predictor/cli.rs"]
 mod cli;
+#[path = "predictor/quantize.rs"]
+mod quantize;
 
 #[derive(Parser)]
 #[command(name = "predictor", version, about, long_about = None)]
@@ -24,6 +26,8 @@ enum Command {
     Score(cli::ScoreArgs),
     /// Print a model's inputs, outputs, opset and metadata (no ONNX Runtime needed).
     Info(cli::InfoArgs),
+    /// Quantise a float32 model to int8 (QDQ), calibrated on images run through it.
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
         Command::Evaluate(a) => cli::evaluate(&a),
         Command::Score(a) => cli::score(&a),
         Command::Info(a) => cli::info(&a),
+        Command::Quantize(a) => quantize::quantize(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,187 @@
+//! Writes the QDQ graph that a [`Plan`] and the calibrated ranges describe: every quantised
+//! activation `t` becomes `QuantizeLinear(t) → DequantizeLinear` (read by all of `t`'s
+//! consumers), every weight an int8 initializer behind a per-channel `DequantizeLinear` (axis
+//! set explicitly), every bias an int32 initializer with scale `x_scale · w_scale[c]`; scales
+//! and zero points are initializers, which is what ONNX Runtime needs to fuse each group into
+//! an int8 kernel. Folded activations disappear, their output name now produced by the node
+//! they were folded into. Names, node order and everything not quantised are kept.
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context, Result};
+use sorbier::onnx::{GraphProto, ModelProto, NodeProto, TensorProto};
+
+use super::params::{self, ActivationType, Affine};
+use super::plan::{check_float32, Index, Params, Plan, QNode, Role};
+use super::tensor::{dims, f32_tensor, floats, i32_tensor, i8_tensor, int_attribute, u8_tensor};
+
+/// Observed `[min, max]` of each calibrated tensor, by name.
+pub type Ranges = HashMap<String, (f32, f32)>;
+
+/// Tensor names in use, so that new ones never collide.
+struct Names(HashSet<String>);
+
+impl Names {
+    fn of(g: &GraphProto) -> Names {
+        let mut used: HashSet<String> = g.initializer.iter().filter_map(|t| t.name.clone()).collect();
+        used.extend(g.input.iter().chain(&g.output).chain(&g.value_info).filter_map(|v| v.name.clone()));
+        for n in &g.node {
+            used.extend(n.input.iter().chain(&n.output).cloned());
+            used.extend(n.name.clone());
+        }
+        Names(used)
+    }
+
+    fn fresh(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut k = 1;
+        while self.0.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        self.0.insert(name.clone());
+        name
+    }
+}
+
+/// A quantised activation's parameters and the initializers holding them.
+#[derive(Clone, Debug)]
+struct Activation {
+    affine: Affine,
+    scale: String,
+    zero_point: String,
+}
+
+fn node(op: &str, name: String, inputs: [&str; 3], output: &str, axis: Option<i64>) -> NodeProto {
+    NodeProto {
+        name: Some(name),
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        attribute: axis.map(|a| int_attribute("axis", a)).into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+/// The QDQ graph of `model` (see the module header); `ranges` must hold every tensor of
+/// [`Plan::calibrated`].
+pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationType) -> Result<ModelProto> {
+    let g = check_float32(model)?;
+    let ix = Index::new(g);
+    let mut names = Names::of(g);
+    let mut inits: Vec<TensorProto> = Vec::new();
+
+    let mut act: HashMap<String, Activation> = HashMap::new();
+    for (t, how) in &plan.tensors {
+        let a = match how {
+            Params::Calibrated => {
+                let &(lo, hi) = ranges.get(t).with_context(|| format!("no calibrated range for tensor {t}"))?;
+                let affine = params::activation(lo, hi, ty).with_context(|| format!("tensor {t}"))?;
+                let (scale, zero_point) = (names.fresh(&format!("{t}_scale")), names.fresh(&format!("{t}_zero_point")));
+                inits.push(f32_tensor(&scale, &[], &[affine.scale]));
+                inits.push(match ty {
+                    ActivationType::Uint8 => u8_tensor(&zero_point, &[], &[affine.zero_point as u8]),
+                    ActivationType::Int8 => i8_tensor(&zero_point, &[], &[affine.zero_point as i8]),
+                });
+                Activation { affine, scale, zero_point }
+            }
+            Params::SameAs(s) => act.get(s).with_context(|| format!("tensor {t} follows {s}, which is not quantised"))?.clone(),
+        };
+        act.insert(t.clone(), a);
+    }
+
+    let mut nodes: Vec<NodeProto> = Vec::new();
+    // Float tensor → the DequantizeLinear output its consumers read instead.
+    let mut dequantized: HashMap<String, String> = HashMap::new();
+    let mut replaced: HashSet<String> = HashSet::new();
+    let qdq = |names: &mut Names, nodes: &mut Vec<NodeProto>, t: &str, source: &str, out: &str| {
+        let a = &act[t];
+        let q = names.fresh(&format!("{t}_quantized"));
+        nodes.push(node("QuantizeLinear", names.fresh(&format!("{t}_QuantizeLinear")), [source, &a.scale, &a.zero_point], &q, None));
+        nodes.push(node("DequantizeLinear", names.fresh(&format!("{t}_DequantizeLinear")), [&q, &a.scale, &a.zero_point], out, None));
+    };
+    for input in g.input.iter().filter_map(|v| v.name.as_deref()) {
+        if act.contains_key(input) {
+            let d = names.fresh(&format!("{input}_dequantized"));
+            qdq(&mut names, &mut nodes, input, input, &d);
+            dequantized.insert(input.to_string(), d);
+        }
+    }
+    let planned: HashMap<usize, &QNode> = plan.nodes.iter().map(|n| (n.index, n)).collect();
+    for (i, original) in g.node.iter().enumerate() {
+        if plan.removed.contains(&i) {
+            continue;
+        }
+        let mut n = original.clone();
+        let planned = planned.get(&i);
+        if let Some(p) = planned {
+            n.output[0] = p.output.clone();
+        }
+        for x in n.input.iter_mut() {
+            if let Some(d) = dequantized.get(x) {
+                *x = d.clone();
+            }
+        }
+        if let Some(QNode { role: Role::Weighted { axis }, .. }) = planned {
+            let what = || format!("{} node {}", original.op_type.as_deref().unwrap_or("?"), original.name.as_deref().unwrap_or("?"));
+            let x = &original.input[0];
+            let x_scale = act.get(x).with_context(|| format!("{}: input {x} is not quantised", what()))?.affine.scale;
+            let w_name = &original.input[1];
+            let w = ix.constant(w_name).with_context(|| format!("{}: weight {w_name} is not a constant", what()))?;
+            let w_dims = dims(w)?;
+            let bias = match original.input.get(2).filter(|b| !b.is_empty()) {
+                Some(b) => Some((b, floats(ix.constant(b).with_context(|| format!("{}: bias {b} is not a constant", what()))?)?)),
+                None => None,
+            };
+            let floor = bias.as_ref().map(|(_, b)| params::bias_floor(b, x_scale));
+            let cw = params::weights_per_channel(&floats(w)?, &w_dims, *axis, floor.as_deref()).with_context(what)?;
+            let channels = cw.scales.len();
+            let (wq, ws, wz, wd) =
+                (names.fresh(&format!("{w_name}_quantized")), names.fresh(&format!("{w_name}_scale")), names.fresh(&format!("{w_name}_zero_point")), names.fresh(&format!("{w_name}_dequantized")));
+            inits.push(i8_tensor(&wq, &w_dims, &cw.codes));
+            inits.push(f32_tensor(&ws, &[channels], &cw.scales));
+            inits.push(i8_tensor(&wz, &[channels], &vec![0; channels]));
+            nodes.push(node("DequantizeLinear", names.fresh(&format!("{w_name}_DequantizeLinear")), [&wq, &ws, &wz], &wd, Some(*axis as i64)));
+            n.input[1] = wd;
+            replaced.insert(w_name.clone());
+            if let Some((b_name, b)) = bias {
+                let (codes, scales) = params::bias(&b, x_scale, &cw.scales).with_context(what)?;
+                let (bq, bs, bz, bd) =
+                    (names.fresh(&format!("{b_name}_quantized")), names.fresh(&format!("{b_name}_scale")), names.fresh(&format!("{b_name}_zero_point")), names.fresh(&format!("{b_name}_dequantized")));
+                inits.push(i32_tensor(&bq, &[channels], &codes));
+                inits.push(f32_tensor(&bs, &[channels], &scales));
+                inits.push(i32_tensor(&bz, &[channels], &vec![0; channels]));
+                nodes.push(node("DequantizeLinear", names.fresh(&format!("{b_name}_DequantizeLinear")), [&bq, &bs, &bz], &bd, Some(0)));
+                n.input[2] = bd;
+                replaced.insert(b_name.clone());
+            }
+        }
+        let out = n.output[0].clone();
+        if !act.contains_key(&out) {
+            nodes.push(n);
+        } else if ix.outputs.contains(out.as_str()) {
+            // A graph output keeps its name: the node writes a float tensor beside it, and the
+            // DequantizeLinear writes the output.
+            let pre = names.fresh(&format!("{out}_float"));
+            n.output[0] = pre.clone();
+            nodes.push(n);
+            qdq(&mut names, &mut nodes, &out, &pre, &out);
+        } else {
+            let d = names.fresh(&format!("{out}_dequantized"));
+            nodes.push(n);
+            qdq(&mut names, &mut nodes, &out, &out, &d);
+            dequantized.insert(out, d);
+        }
+    }
+
+    // Float weights that nothing reads any more go, with the Constant nodes that held any.
+    let read: HashSet<String> = nodes.iter().flat_map(|n| n.input.iter().cloned()).chain(ix.outputs.iter().map(|s| s.to_string())).collect();
+    let dead = |name: &str| replaced.contains(name) && !read.contains(name);
+    nodes.retain(|n| !(n.op_type.as_deref() == Some("Constant") && n.output.iter().all(|o| dead(o))));
+    let mut graph = g.clone();
+    graph.initializer = g.initializer.iter().filter(|t| !dead(t.name.as_deref().unwrap_or(""))).cloned().chain(inits).collect();
+    graph.input.retain(|v| !dead(v.name.as_deref().unwrap_or("")));
+    let produced: HashSet<&str> = nodes.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    graph.value_info.retain(|v| produced.contains(v.name.as_deref().unwrap_or("")));
+    graph.node = nodes;
+    Ok(ModelProto { graph: Some(graph), ..model.clone() })
+}
