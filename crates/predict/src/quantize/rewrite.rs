@@ -92,7 +92,6 @@ pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationT
     let mut nodes: Vec<NodeProto> = Vec::new();
     // Float tensor → the DequantizeLinear output its consumers read instead.
     let mut dequantized: HashMap<String, String> = HashMap::new();
-    let mut replaced: HashSet<String> = HashSet::new();
     let qdq = |names: &mut Names, nodes: &mut Vec<NodeProto>, t: &str, source: &str, out: &str| {
         let a = &act[t];
         let q = names.fresh(&format!("{t}_quantized"));
@@ -142,7 +141,6 @@ pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationT
             inits.push(i8_tensor(&wz, &[channels], &vec![0; channels]));
             nodes.push(node("DequantizeLinear", names.fresh(&format!("{w_name}_DequantizeLinear")), [&wq, &ws, &wz], &wd, Some(*axis as i64)));
             n.input[1] = wd;
-            replaced.insert(w_name.clone());
             if let Some((b_name, b)) = bias {
                 let (codes, scales) = params::bias(&b, x_scale, &cw.scales).with_context(what)?;
                 let (bq, bs, bz, bd) =
@@ -152,7 +150,6 @@ pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationT
                 inits.push(i32_tensor(&bz, &[channels], &vec![0; channels]));
                 nodes.push(node("DequantizeLinear", names.fresh(&format!("{b_name}_DequantizeLinear")), [&bq, &bs, &bz], &bd, Some(0)));
                 n.input[2] = bd;
-                replaced.insert(b_name.clone());
             }
         }
         let out = n.output[0].clone();
@@ -173,13 +170,19 @@ pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationT
         }
     }
 
-    // Float weights that nothing reads any more go, with the Constant nodes that held any.
-    let read: HashSet<String> = nodes.iter().flat_map(|n| n.input.iter().cloned()).chain(ix.outputs.iter().map(|s| s.to_string())).collect();
-    let dead = |name: &str| replaced.contains(name) && !read.contains(name);
-    nodes.retain(|n| !(n.op_type.as_deref() == Some("Constant") && n.output.iter().all(|o| dead(o))));
+    // What nothing reads any more goes: quantised float weights, the bounds of folded Clips,
+    // Constant nodes that held either (ONNX Runtime would warn about each).
+    let reads = |nodes: &[NodeProto]| -> HashSet<String> {
+        nodes.iter().flat_map(|n| n.input.iter().cloned()).chain(ix.outputs.iter().map(|s| s.to_string())).collect()
+    };
+    let read = reads(&nodes);
+    nodes.retain(|n| !(n.op_type.as_deref() == Some("Constant") && n.output.iter().all(|o| !read.contains(o))));
+    let read = reads(&nodes);
+    let unread = |name: &str| !read.contains(name);
     let mut graph = g.clone();
-    graph.initializer = g.initializer.iter().filter(|t| !dead(t.name.as_deref().unwrap_or(""))).cloned().chain(inits).collect();
-    graph.input.retain(|v| !dead(v.name.as_deref().unwrap_or("")));
+    graph.initializer = g.initializer.iter().chain(&inits).filter(|t| !unread(t.name.as_deref().unwrap_or(""))).cloned().collect();
+    let initializers: HashSet<&str> = g.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+    graph.input.retain(|v| v.name.as_deref().is_none_or(|n| !initializers.contains(n) || !unread(n)));
     let produced: HashSet<&str> = nodes.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
     graph.value_info.retain(|v| produced.contains(v.name.as_deref().unwrap_or("")));
     graph.node = nodes;
