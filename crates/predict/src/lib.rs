@@ -10,6 +10,8 @@
 //! - [`score`]: `predictor score` of a submission against a solution (no ONNX Runtime);
 //! - [`info`]: `predictor info`, read straight from the ONNX protobuf (no ONNX Runtime);
 //! - [`quantize`]: `predictor quantize`, calibrated int8 (QDQ) models written in Rust;
+//! - [`shard`]: `predict --shard K/N` and `predictor merge`;
+//! - [`blend`]: `predictor blend` of saved logits, without running any model;
 //! - [`fingerprint`]: content hashes of model files and image lists.
 //!
 //! Every model describes itself: class names and preprocessing come only from its metadata
@@ -22,6 +24,7 @@ use crate::ensemble::Average;
 use crate::runtime::Device;
 use crate::tta::Tta;
 
+pub mod blend;
 pub mod ensemble;
 pub mod evaluate;
 pub mod fingerprint;
@@ -31,6 +34,7 @@ pub mod pipeline;
 pub mod quantize;
 pub mod runtime;
 pub mod score;
+pub mod shard;
 pub mod submit;
 pub mod tta;
 

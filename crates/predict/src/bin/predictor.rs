@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 #[path = "predictor/cli.rs"]
 mod cli;
+#[path = "predictor/combine.rs"]
+mod combine;
 #[path = "predictor/quantize.rs"]
 mod quantize;
 
@@ -28,6 +30,10 @@ enum Command {
     Info(cli::InfoArgs),
     /// Quantise a float32 model to int8 (QDQ), calibrated on images run through it.
     Quantize(quantize::QuantizeArgs),
+    /// Join the shards of `predict --shard K/N` into one submission (refusing missing, duplicated or mismatched shards).
+    Merge(combine::MergeArgs),
+    /// Blend the saved logits of earlier runs into one submission, without running any model.
+    Blend(combine::BlendArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +43,8 @@ fn main() -> ExitCode {
         Command::Score(a) => cli::score(&a),
         Command::Info(a) => cli::info(&a),
         Command::Quantize(a) => quantize::quantize(&a),
+        Command::Merge(a) => combine::merge(&a),
+        Command::Blend(a) => combine::blend(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -187,3 +187,21 @@ pub fn runtime() -> &'static sorbier_predict::Runtime {
     static RT: OnceLock<sorbier_predict::Runtime> = OnceLock::new();
     RT.get_or_init(|| sorbier_predict::Runtime::load(Some(&ort_lib())).unwrap())
 }
+
+/// Runs `predictor predict` on `images` with `models` (an ensemble when several), `FAST`
+/// settings and `extra` arguments; returns the process output.
+pub fn predict_with(models: &[&Path], images: &Path, sample: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["predict"];
+    for m in models {
+        args.extend(["--model", s(m)]);
+    }
+    args.extend(["--images", s(images), "--sample-submission", s(sample), "--out", s(out), "--quiet"]);
+    args.extend(FAST);
+    args.extend(extra);
+    run(&args)
+}
+
+/// The bit patterns of a matrix (NaN rows compare equal to NaN rows).
+pub fn bits(m: &ndarray::Array2<f32>) -> Vec<u32> {
+    m.iter().map(|v| v.to_bits()).collect()
+}

@@ -1,0 +1,84 @@
+//! `predictor merge` and `predictor blend`: the command lines of [`sorbier_predict::shard::merge`]
+//! and [`sorbier_predict::blend::blend`], which combine saved logits without running a model.
+use std::path::PathBuf;
+
+use anyhow::Result;
+use sorbier_predict::blend::{self, BlendOptions};
+use sorbier_predict::ensemble::Average;
+use sorbier_predict::shard::{self, MergeOptions};
+use sorbier_predict::submit::skipped_path;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct MergeArgs {
+    /// The saved logits of every shard (`predict --shard K/N --save-logits F`), in any order.
+    #[arg(required = true)]
+    pub shards: Vec<PathBuf>,
+    /// The merged submission, in the order of the whole image list (the sample submission's).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write the K best classes and their probabilities (class_1..K, score_1..K).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Also write the merged saved logits (what an unsharded run's --save-logits writes).
+    #[arg(long)]
+    pub save_logits: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct BlendArgs {
+    /// Saved logits of earlier runs (`predict --save-logits`, `merge --save-logits`); each file counts as one member.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// One weight per file, comma-separated [default: equal].
+    #[arg(long, value_delimiter = ',')]
+    pub weights: Option<Vec<f64>>,
+    /// Average raw logits or softmax probabilities.
+    #[arg(long, value_enum, default_value_t = Average::Logits)]
+    pub average: Average,
+    /// The blended submission (rows in the first file's order).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write the K best classes and their probabilities (class_1..K, score_1..K).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Also save the blend's outputs in the same format.
+    #[arg(long)]
+    pub save_logits: Option<PathBuf>,
+}
+
+fn skipped_note(n: usize, out: &std::path::Path) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!("; {n} row(s) with an empty class, listed in {}", skipped_path(out).display())
+    }
+}
+
+pub fn merge(a: &MergeArgs) -> Result<()> {
+    let o = MergeOptions { shards: a.shards.clone(), out: a.out.clone(), top_k: a.top_k, save_logits: a.save_logits.clone() };
+    let m = shard::merge(&o)?;
+    println!("wrote {} ({} rows, {} classes) from {} shards{}", a.out.display(), m.rows, m.classes, m.shards, skipped_note(m.skipped, &a.out));
+    Ok(())
+}
+
+pub fn blend(a: &BlendArgs) -> Result<()> {
+    let o = BlendOptions {
+        inputs: a.inputs.clone(),
+        weights: a.weights.clone(),
+        average: a.average,
+        out: a.out.clone(),
+        top_k: a.top_k,
+        save_logits: a.save_logits.clone(),
+    };
+    let b = blend::blend(&o)?;
+    println!(
+        "wrote {} ({} rows, {} classes) blending {} files by {}{}",
+        a.out.display(),
+        b.rows,
+        b.classes,
+        b.inputs,
+        format!("{:?}", a.average).to_lowercase(),
+        skipped_note(b.skipped, &a.out)
+    );
+    Ok(())
+}
