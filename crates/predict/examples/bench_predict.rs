@@ -14,21 +14,24 @@ fn main() -> anyhow::Result<()> {
     bench::main()
 }
 
+#[path = "common/mod.rs"]
+mod common;
+
 mod bench {
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
     use std::process::Command;
     use std::sync::Arc;
     use std::time::Instant;
 
     use anyhow::{bail, Context, Result};
-    use sorbier::arch::{Arch, ResNetSpec};
-    use sorbier::export::{build_model, write_model, StateDict, Tensor};
-    use sorbier::meta::ModelMeta;
+    use sorbier::arch::Arch;
     use sorbier_predict::ensemble::{Average, Ensemble};
     use sorbier_predict::pipeline::{Pipeline, PipelineConfig};
     use sorbier_predict::runtime::{Device, Runtime};
     use sorbier_predict::tta::{Tta, Variant};
     use sorbier::transforms::Preprocess;
+
+    use super::common;
 
     struct Opts {
         images: PathBuf,
@@ -83,55 +86,9 @@ mod bench {
         Ok(o)
     }
 
-    /// A model with seeded random weights, cached in `dir`.
-    fn model(dir: &Path, arch: Arch, size: u32) -> Result<PathBuf> {
-        let path = dir.join(format!("{}-{size}.onnx", arch.name()));
-        if path.exists() {
-            return Ok(path);
-        }
-        std::fs::create_dir_all(dir)?;
-        let classes: Vec<String> = ["daisy", "dandelion", "roses", "sunflowers", "tulips"].iter().map(|s| s.to_string()).collect();
-        let spec = ResNetSpec::new(arch, classes.len());
-        let mut state = 0x5eedu64;
-        let mut weights = StateDict::new();
-        for (name, shape) in spec.tensors() {
-            let n: usize = shape.iter().product();
-            let scale = (2.0 / shape[1..].iter().product::<usize>().max(1) as f32).sqrt();
-            let data = (0..n)
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    let u = (state >> 40) as f32 / (1u64 << 24) as f32;
-                    if name.ends_with("running_var") { 1.0 + u } else { scale * (u - 0.5) }
-                })
-                .collect();
-            weights.insert(name, Tensor::new(shape, data)?);
-        }
-        let meta = ModelMeta {
-            classes,
-            arch: arch.name().into(),
-            preprocess: Preprocess::for_crop(size),
-            metrics: Default::default(),
-            data_fingerprint: "bench".into(),
-            sorbier_version: sorbier::VERSION.into(),
-            precision: "float32".into(),
-            source: "bench:random".into(),
-        };
-        write_model(&build_model(&spec, &weights, &meta, false)?, &path)?;
-        Ok(path)
-    }
-
     pub fn main() -> Result<()> {
         let o = parse()?;
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&o.images)
-            .with_context(|| format!("cannot read {}", o.images.display()))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("jpg") || x.eq_ignore_ascii_case("jpeg") || x.eq_ignore_ascii_case("png")))
-            .collect();
-        names.sort();
-        if o.limit > 0 {
-            names.truncate(o.limit);
-        }
+        let names = common::images(&o.images, o.limit)?;
         let n = names.len();
         let paths: Arc<[PathBuf]> = names.into();
         let rt = Runtime::load(None)?;
@@ -161,7 +118,7 @@ mod bench {
             "model", "e2e img/s", "model img/s", "e2e/mdl", "prep img/s", "prep/thread", "py e2e", "py prep", "e2e/py", "prep/py"
         );
         for &arch in &o.archs {
-            let path = model(&o.models, arch, o.size)?;
+            let path = common::random_model(&o.models, arch, o.size)?;
             let mut ens = Ensemble::open(&rt, std::slice::from_ref(&path), None, Average::Logits, o.device, o.threads)?;
             // Warm-up: first runs allocate and pick kernels.
             ens.members[0].forward(batches[0].view(), 5)?;

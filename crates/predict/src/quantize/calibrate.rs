@@ -169,7 +169,7 @@ impl Histogram {
     pub fn add(&mut self, values: &[f32]) {
         let bins = self.counts.len();
         let width = self.hi - self.lo;
-        if !(width > 0.0) {
+        if width.is_nan() || width <= 0.0 {
             self.counts[0] += values.len() as u64;
             return;
         }
@@ -183,7 +183,7 @@ impl Histogram {
     /// The range that clips `(100 − percentile) %` of the values at each end (bin edges).
     pub fn percentile_range(&self, percentile: f64) -> (f32, f32) {
         let total: u64 = self.counts.iter().sum();
-        if total == 0 || !(self.hi > self.lo) {
+        if total == 0 || self.lo.partial_cmp(&self.hi) != Some(std::cmp::Ordering::Less) {
             return (self.lo, self.hi);
         }
         let tail = (1.0 - percentile / 100.0).max(0.0) * total as f64;

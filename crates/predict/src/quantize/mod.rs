@@ -165,9 +165,17 @@ pub fn with_card(model: &mut ModelProto, meta: &ModelMeta, card: &Quantization) 
     Ok(())
 }
 
-/// Quantises `o.model` into `o.out` (see the module header). `log` hears what was chosen on
-/// the way. The output is written only once ONNX Runtime has been seen to run it in int8.
+/// Quantises `o.model` into `o.out` (see the module header), loading ONNX Runtime from
+/// `o.ort_lib` (or where [`Runtime::load`] looks).
 pub fn quantize(o: &QuantizeOptions, log: &dyn Fn(&str)) -> Result<Quantized> {
+    let rt = Runtime::load(o.ort_lib.as_deref())?;
+    quantize_with(&rt, o, log)
+}
+
+/// [`quantize`] with an ONNX Runtime already loaded (a process holds one). `log` hears what was
+/// chosen on the way. The output is written only once ONNX Runtime has been seen to run it in
+/// int8.
+pub fn quantize_with(rt: &Runtime, o: &QuantizeOptions, log: &dyn Fn(&str)) -> Result<Quantized> {
     // Cheap checks first, before calibrating.
     if o.out.exists() && !o.force {
         bail!("{} already exists; pass --force to overwrite it", o.out.display());
@@ -197,7 +205,6 @@ pub fn quantize(o: &QuantizeOptions, log: &dyn Fn(&str)) -> Result<Quantized> {
     let set = calibrate::select(&o.calibrate, o.images, o.seed)?;
     log(&format!("calibration: {} images from {} (fingerprint {})", set.paths.len(), set.selection, set.fingerprint));
 
-    let rt = Runtime::load(o.ort_lib.as_deref())?;
     let threads = o.threads.unwrap_or_else(sorbier::data::pool::default_threads);
     let workers = o.workers.unwrap_or_else(sorbier::data::pool::default_threads).max(1);
     let source = Source::Images {
@@ -208,7 +215,7 @@ pub fn quantize(o: &QuantizeOptions, log: &dyn Fn(&str)) -> Result<Quantized> {
     };
     let tensors = plan.calibrated();
     let start = Instant::now();
-    let ranges = calibrate::measure(&rt, &model, &tensors, &source, o.method, o.percentile, threads)?;
+    let ranges = calibrate::measure(rt, &model, &tensors, &source, o.method, o.percentile, threads)?;
     let calibration_seconds = start.elapsed().as_secs_f64();
     log(&format!("ranges: {} of {} tensors in {calibration_seconds:.1} s", o.method_name(), tensors.len()));
 
@@ -226,7 +233,7 @@ pub fn quantize(o: &QuantizeOptions, log: &dyn Fn(&str)) -> Result<Quantized> {
     };
     with_card(&mut q, &meta, &card)?;
     let bytes = q.encode_to_vec();
-    let fusion = fusion::optimized(&rt, &bytes)?;
+    let fusion = fusion::optimized(rt, &bytes)?;
     fusion.check(&card.nodes, &Fusion::of(&model)).with_context(|| format!("refusing to write {}", o.out.display()))?;
     sorbier::run::write_atomic(&o.out, &bytes).with_context(|| format!("cannot write {}", o.out.display()))?;
     let parent_bytes = std::fs::metadata(&o.model).map_or(0, |m| m.len());

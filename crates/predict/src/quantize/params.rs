@@ -139,7 +139,7 @@ pub fn bias(bias: &[f32], x_scale: f32, w_scales: &[f32]) -> Result<(Vec<i32>, V
     let scales: Vec<f32> = w_scales.iter().map(|&w| x_scale * w).collect();
     let mut codes = Vec::with_capacity(bias.len());
     for (c, (&b, &s)) in bias.iter().zip(&scales).enumerate() {
-        if !b.is_finite() || !(s > 0.0) {
+        if !b.is_finite() || !s.is_finite() || s <= 0.0 {
             bail!("bias channel {c}: {b} at scale {s}");
         }
         let q = (b as f64 / s as f64).round_ties_even();
