@@ -33,11 +33,9 @@ mod bench {
     use anyhow::{bail, Context, Result};
     use ndarray::Array4;
     use sorbier::arch::Arch;
-    use sorbier_predict::ensemble::{Average, Ensemble};
-    use sorbier_predict::pipeline::{Pipeline, PipelineConfig};
+    use sorbier_predict::pipeline::PipelineConfig;
     use sorbier_predict::quantize::{self, calibrate, QuantizeOptions};
     use sorbier_predict::runtime::{Device, Runtime};
-    use sorbier_predict::tta::{Tta, Variant};
 
     use super::common;
 
@@ -71,16 +69,13 @@ mod bench {
             calib_images: quantize::DEFAULT_IMAGES,
             solution: None,
             limit: 0,
-            python: std::env::var("SORBIER_PYTHON").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(".venv/bin/python")),
+            python: common::python(None),
             dir: root.join("target/bench-int8"),
         };
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let mut it = args.iter();
-        while let Some(k) = it.next() {
-            let v = it.next().with_context(|| format!("{k} needs a value"))?;
+        for (k, v) in common::options()? {
             match k.as_str() {
                 "--images" => o.images = v.into(),
-                "--archs" => o.archs = v.split(',').map(|a| Arch::from_name(a).with_context(|| format!("unknown arch {a}"))).collect::<Result<_>>()?,
+                "--archs" => o.archs = common::archs(&v)?,
                 "--models" => o.models = v.split(',').map(PathBuf::from).collect(),
                 "--size" => o.size = v.parse()?,
                 "--batch" => o.batch = v.parse()?,
@@ -90,13 +85,10 @@ mod bench {
                 "--calib-images" => o.calib_images = v.parse()?,
                 "--solution" => o.solution = Some(v.into()),
                 "--limit" => o.limit = v.parse()?,
-                "--python" => o.python = v.into(),
+                "--python" => o.python = common::python(Some(&v)),
                 "--dir" => o.dir = v.into(),
                 _ => bail!("unknown option {k}"),
             }
-        }
-        if o.python.is_relative() {
-            o.python = root.join(&o.python);
         }
         Ok(o)
     }
@@ -127,18 +119,8 @@ mod bench {
     }
 
     fn measure(rt: &Runtime, path: &Path, batches: &[Array4<f32>], paths: &Arc<[PathBuf]>, o: &Opts) -> Result<Row> {
-        let mut ens = Ensemble::open(rt, &[path.to_path_buf()], None, Average::Logits, Device::Cpu, o.threads)?;
-        let c = ens.classes.len();
-        // Warm-up: first runs allocate and pick kernels.
-        ens.members[0].forward(batches[0].view(), c)?;
-        let n: usize = batches.iter().map(|b| b.shape()[0]).sum();
-        let t = Instant::now();
-        for x in batches {
-            ens.members[0].forward(x.view(), c)?;
-        }
-        let model_rate = n as f64 / t.elapsed().as_secs_f64();
         let cfg = PipelineConfig { batch_size: o.batch, workers: o.workers, prefetch: 2 };
-        let out = ens.run(paths.clone(), Tta::None, &cfg, false)?;
+        let (model_rate, out) = common::throughput(rt, path, Device::Cpu, o.threads, batches, paths, &cfg)?;
         if !out.failed.is_empty() {
             bail!("{} image(s) could not be read", out.failed.len());
         }
@@ -209,9 +191,7 @@ mod bench {
             let peer_s = v["seconds"].as_f64().unwrap_or(f64::NAN);
 
             let cfg = PipelineConfig { batch_size: o.batch, workers: o.workers, prefetch: 2 };
-            let batches: Vec<Array4<f32>> = Pipeline::new(paths.clone(), vec![meta.preprocess.clone()], vec![Variant::Identity], &cfg)
-                .map(|b| b.map(|mut b| b.tensors[0].swap_remove(0)))
-                .collect::<Result<_>>()?;
+            let batches = common::decode(&paths, &meta.preprocess, &cfg)?;
             let rows = [
                 (format!("{tag} fp32"), None, measure(&rt, fp32, &batches, &paths, &o)?),
                 (format!("{tag} sorbier int8"), Some(ours_s), measure(&rt, &ours, &batches, &paths, &o)?),

@@ -25,10 +25,9 @@ mod bench {
 
     use anyhow::{bail, Context, Result};
     use sorbier::arch::Arch;
-    use sorbier_predict::ensemble::{Average, Ensemble};
     use sorbier_predict::pipeline::{Pipeline, PipelineConfig};
     use sorbier_predict::runtime::{Device, Runtime};
-    use sorbier_predict::tta::{Tta, Variant};
+    use sorbier_predict::tta::Variant;
     use sorbier::transforms::Preprocess;
 
     use super::common;
@@ -47,7 +46,7 @@ mod bench {
     }
 
     fn parse() -> Result<Opts> {
-        let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+        let root = common::root();
         let mut o = Opts {
             images: root.join("../shared/data/flowers/test"),
             archs: vec![Arch::Resnet18, Arch::Resnet50],
@@ -57,31 +56,23 @@ mod bench {
             workers: 2,
             device: Device::Cpu,
             limit: 0,
-            python: std::env::var("SORBIER_PYTHON").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(".venv/bin/python")),
+            python: common::python(None),
             models: root.join("target/bench-predict"),
         };
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let mut it = args.iter();
-        while let Some(k) = it.next() {
-            let v = it.next().with_context(|| format!("{k} needs a value"))?;
+        for (k, v) in common::options()? {
             match k.as_str() {
                 "--images" => o.images = v.into(),
-                "--archs" => {
-                    o.archs = v.split(',').map(|a| Arch::from_name(a).with_context(|| format!("unknown arch {a}"))).collect::<Result<_>>()?
-                }
+                "--archs" => o.archs = common::archs(&v)?,
                 "--size" => o.size = v.parse()?,
                 "--batch" => o.batch = v.parse()?,
                 "--threads" => o.threads = v.parse()?,
                 "--workers" => o.workers = v.parse()?,
                 "--device" => o.device = v.parse().map_err(anyhow::Error::msg)?,
                 "--limit" => o.limit = v.parse()?,
-                "--python" => o.python = v.into(),
+                "--python" => o.python = common::python(Some(&v)),
                 "--models" => o.models = v.into(),
                 _ => bail!("unknown option {k}"),
             }
-        }
-        if o.python.is_relative() {
-            o.python = root.join(&o.python);
         }
         Ok(o)
     }
@@ -108,9 +99,7 @@ mod bench {
         // Preprocessing alone (also keeps the tensors for the model-only figure).
         let _ = Pipeline::new(paths.clone(), vec![pre.clone()], vec![Variant::Identity], &cfg).count(); // warm the page cache
         let t = Instant::now();
-        let batches: Vec<ndarray::Array4<f32>> = Pipeline::new(paths.clone(), vec![pre.clone()], vec![Variant::Identity], &cfg)
-            .map(|b| b.map(|mut b| b.tensors[0].swap_remove(0)))
-            .collect::<Result<_>>()?;
+        let batches = common::decode(&paths, &pre, &cfg)?;
         let pre_rate = n as f64 / t.elapsed().as_secs_f64();
 
         println!(
@@ -119,21 +108,11 @@ mod bench {
         );
         for &arch in &o.archs {
             let path = common::random_model(&o.models, arch, o.size)?;
-            let mut ens = Ensemble::open(&rt, std::slice::from_ref(&path), None, Average::Logits, o.device, o.threads)?;
-            // Warm-up: first runs allocate and pick kernels.
-            ens.members[0].forward(batches[0].view(), 5)?;
-
-            let t = Instant::now();
-            for x in &batches {
-                ens.members[0].forward(x.view(), 5)?;
-            }
-            let model_rate = n as f64 / t.elapsed().as_secs_f64();
-
-            let out = ens.run(paths.clone(), Tta::None, &cfg, false)?;
+            let (model_rate, out) = common::throughput(&rt, &path, o.device, o.threads, &batches, &paths, &cfg)?;
             let e2e = out.images_per_s;
 
             let py = Command::new(&o.python)
-                .arg(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tools/bench_predict.py"))
+                .arg(common::root().join("tools/bench_predict.py"))
                 .args(["--model", &path.display().to_string(), "--images", &o.images.display().to_string()])
                 .args(["--resize", &pre.resize.to_string(), "--crop", &pre.crop.to_string(), "--batch", &o.batch.to_string()])
                 .args(["--threads", &o.threads.to_string(), "--workers", &o.workers.to_string(), "--limit", &o.limit.to_string()])

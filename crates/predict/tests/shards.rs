@@ -61,6 +61,15 @@ fn refused(shards: &[&Path], want: &[&str]) {
     assert!(!out.exists(), "nothing is written after a refusal");
 }
 
+/// Shard 2/3 made with `model` and `extra` instead of `a`: merging it with the others fails
+/// with each of `want`.
+fn refused_with_second(model: &Path, extra: &[&str], want: &[&str]) {
+    let sp = split();
+    let tmp = tempfile::tempdir().unwrap();
+    let two = shard(model, &sp.images, &sp.sample, tmp.path(), 2, 3, extra);
+    refused(&[&sp.shards[0], &two, &sp.shards[2]], want);
+}
+
 #[test]
 fn three_shards_merge_into_the_unsharded_submission_and_logits_exactly() {
     let f = fixtures();
@@ -144,34 +153,22 @@ fn merge_refuses_a_duplicated_shard() {
 
 #[test]
 fn merge_refuses_shards_of_another_model() {
-    let sp = split();
-    let tmp = tempfile::tempdir().unwrap();
-    let two = shard(&fixtures().b, &sp.images, &sp.sample, tmp.path(), 2, 3, &[]);
-    refused(&[&sp.shards[0], &two, &sp.shards[2]], &["not shards of one run", "different models", "b48.onnx"]);
+    refused_with_second(&fixtures().b, &[], &["not shards of one run", "different models", "b48.onnx"]);
 }
 
 #[test]
 fn merge_refuses_shards_with_other_classes() {
-    let sp = split();
-    let tmp = tempfile::tempdir().unwrap();
-    let two = shard(&fixtures().other, &sp.images, &sp.sample, tmp.path(), 2, 3, &[]);
-    refused(&[&sp.shards[0], &two, &sp.shards[2]], &["different classes", "lilies"]);
+    refused_with_second(&fixtures().other, &[], &["different classes", "lilies"]);
 }
 
 #[test]
 fn merge_refuses_shards_with_other_tta() {
-    let sp = split();
-    let tmp = tempfile::tempdir().unwrap();
-    let two = shard(&fixtures().a, &sp.images, &sp.sample, tmp.path(), 2, 3, &["--tta", "hflip"]);
-    refused(&[&sp.shards[0], &two, &sp.shards[2]], &["test-time augmentation", "--tta none vs hflip"]);
+    refused_with_second(&fixtures().a, &["--tta", "hflip"], &["test-time augmentation", "--tta none vs hflip"]);
 }
 
 #[test]
 fn merge_refuses_shards_with_other_weights_or_averaging() {
-    let sp = split();
-    let tmp = tempfile::tempdir().unwrap();
-    let two = shard(&fixtures().a, &sp.images, &sp.sample, tmp.path(), 2, 3, &["--average", "probs"]);
-    refused(&[&sp.shards[0], &two, &sp.shards[2]], &["different averaging (logits vs probs)"]);
+    refused_with_second(&fixtures().a, &["--average", "probs"], &["different averaging (logits vs probs)"]);
 }
 
 #[test]

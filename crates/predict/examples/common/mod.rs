@@ -3,16 +3,48 @@
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use anyhow::{Context, Result};
+use ndarray::Array4;
 use sorbier::arch::{Arch, ResNetSpec};
 use sorbier::export::{build_model, write_model, StateDict, Tensor};
 use sorbier::meta::ModelMeta;
 use sorbier::transforms::Preprocess;
+use sorbier_predict::ensemble::{Average, Ensemble, Outputs};
+use sorbier_predict::pipeline::{Pipeline, PipelineConfig};
+use sorbier_predict::runtime::{Device, Runtime};
+use sorbier_predict::tta::{Tta, Variant};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     root.canonicalize().unwrap_or(root)
+}
+
+/// The `--key value` pairs of the command line, in order.
+pub fn options() -> Result<Vec<(String, String)>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    args.chunks(2)
+        .map(|kv| match kv {
+            [k, v] => Ok((k.clone(), v.clone())),
+            [k] => anyhow::bail!("{k} needs a value"),
+            _ => unreachable!("chunks of two"),
+        })
+        .collect()
+}
+
+/// `resnet18,resnet50` → the architectures.
+pub fn archs(v: &str) -> Result<Vec<Arch>> {
+    v.split(',').map(|a| Arch::from_name(a).with_context(|| format!("unknown arch {a}"))).collect()
+}
+
+/// The Python of the peers: `given`, else `$SORBIER_PYTHON`, else `.venv/bin/python`; a relative
+/// path is taken from the workspace root.
+pub fn python(given: Option<&str>) -> PathBuf {
+    let p = given.map(PathBuf::from).or_else(|| std::env::var("SORBIER_PYTHON").ok().map(PathBuf::from)).unwrap_or_else(|| PathBuf::from(".venv/bin/python"));
+    if p.is_relative() { root().join(p) } else { p }
 }
 
 /// The JPEG/PNG files of a flat folder, sorted, at most `limit` (0: all).
@@ -65,4 +97,25 @@ pub fn random_model(dir: &Path, arch: Arch, size: u32) -> Result<PathBuf> {
     };
     write_model(&build_model(&spec, &weights, &meta, false)?, &path)?;
     Ok(path)
+}
+
+/// The images decoded and transformed once, batch by batch (model-only runs feed these).
+pub fn decode(paths: &Arc<[PathBuf]>, pre: &Preprocess, cfg: &PipelineConfig) -> Result<Vec<Array4<f32>>> {
+    Pipeline::new(paths.clone(), vec![pre.clone()], vec![Variant::Identity], cfg).map(|b| b.map(|mut b| b.tensors[0].swap_remove(0))).collect()
+}
+
+/// One model's throughput: model only (the pre-decoded `batches`, after a warm-up batch) and
+/// end to end (the predictor's pipeline over `paths`), with the end-to-end outputs.
+pub fn throughput(rt: &Runtime, model: &Path, device: Device, threads: usize, batches: &[Array4<f32>], paths: &Arc<[PathBuf]>, cfg: &PipelineConfig) -> Result<(f64, Outputs)> {
+    let mut ens = Ensemble::open(rt, &[model.to_path_buf()], None, Average::Logits, device, threads)?;
+    let c = ens.classes.len();
+    // Warm-up: first runs allocate and pick kernels.
+    ens.members[0].forward(batches[0].view(), c)?;
+    let n: usize = batches.iter().map(|b| b.shape()[0]).sum();
+    let t = Instant::now();
+    for x in batches {
+        ens.members[0].forward(x.view(), c)?;
+    }
+    let model_rate = n as f64 / t.elapsed().as_secs_f64();
+    Ok((model_rate, ens.run(paths.clone(), Tta::None, cfg, false)?))
 }

@@ -8,20 +8,27 @@ use sorbier_predict::ensemble::Average;
 use sorbier_predict::shard::{self, MergeOptions};
 use sorbier_predict::submit::skipped_path;
 
+/// What merge and blend write.
 #[derive(Clone, Debug, clap::Args)]
-pub struct MergeArgs {
-    /// The saved logits of every shard (`predict --shard K/N --save-logits F`), in any order.
-    #[arg(required = true)]
-    pub shards: Vec<PathBuf>,
-    /// The merged submission, in the order of the whole image list (the sample submission's).
+pub struct OutputArgs {
+    /// The submission: for merge in the order of the whole image list (the sample submission's), for blend in the first file's.
     #[arg(long)]
     pub out: PathBuf,
     /// Also write the K best classes and their probabilities (class_1..K, score_1..K).
     #[arg(long)]
     pub top_k: Option<usize>,
-    /// Also write the merged saved logits (what an unsharded run's --save-logits writes).
+    /// Also write the combined outputs in the --save-logits format (for merge: what the unsharded run writes).
     #[arg(long)]
     pub save_logits: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct MergeArgs {
+    /// The saved logits of every shard (`predict --shard K/N --save-logits F`), in any order.
+    #[arg(required = true)]
+    pub shards: Vec<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -35,15 +42,8 @@ pub struct BlendArgs {
     /// Average raw logits or softmax probabilities.
     #[arg(long, value_enum, default_value_t = Average::Logits)]
     pub average: Average,
-    /// The blended submission (rows in the first file's order).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Also write the K best classes and their probabilities (class_1..K, score_1..K).
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    /// Also save the blend's outputs in the same format.
-    #[arg(long)]
-    pub save_logits: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 fn skipped_note(n: usize, out: &std::path::Path) -> String {
@@ -55,30 +55,25 @@ fn skipped_note(n: usize, out: &std::path::Path) -> String {
 }
 
 pub fn merge(a: &MergeArgs) -> Result<()> {
-    let o = MergeOptions { shards: a.shards.clone(), out: a.out.clone(), top_k: a.top_k, save_logits: a.save_logits.clone() };
+    let out = &a.output;
+    let o = MergeOptions { shards: a.shards.clone(), out: out.out.clone(), top_k: out.top_k, save_logits: out.save_logits.clone() };
     let m = shard::merge(&o)?;
-    println!("wrote {} ({} rows, {} classes) from {} shards{}", a.out.display(), m.rows, m.classes, m.shards, skipped_note(m.skipped, &a.out));
+    println!("wrote {} ({} rows, {} classes) from {} shards{}", out.out.display(), m.rows, m.classes, m.shards, skipped_note(m.skipped, &out.out));
     Ok(())
 }
 
 pub fn blend(a: &BlendArgs) -> Result<()> {
+    let out = &a.output;
     let o = BlendOptions {
         inputs: a.inputs.clone(),
         weights: a.weights.clone(),
         average: a.average,
-        out: a.out.clone(),
-        top_k: a.top_k,
-        save_logits: a.save_logits.clone(),
+        out: out.out.clone(),
+        top_k: out.top_k,
+        save_logits: out.save_logits.clone(),
     };
     let b = blend::blend(&o)?;
-    println!(
-        "wrote {} ({} rows, {} classes) blending {} files by {}{}",
-        a.out.display(),
-        b.rows,
-        b.classes,
-        b.inputs,
-        format!("{:?}", a.average).to_lowercase(),
-        skipped_note(b.skipped, &a.out)
-    );
+    let how = format!("{:?}", a.average).to_lowercase();
+    println!("wrote {} ({} rows, {} classes) blending {} files by {how}{}", out.out.display(), b.rows, b.classes, b.inputs, skipped_note(b.skipped, &out.out));
     Ok(())
 }
