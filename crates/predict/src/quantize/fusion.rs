@@ -65,7 +65,7 @@ impl Fusion {
         if self.int8_convs() < convs || self.float_convs() > left_float {
             missing.push(format!("{convs} quantised Conv but {} int8 and {} float convolutions ran", self.int8_convs(), self.float_convs()));
         }
-        for (op, kernels) in [("Add", &["QLinearAdd"][..]), ("Gemm", &["QGemm", "QLinearMatMul", "MatMulInteger"][..]), ("MatMul", &["QLinearMatMul", "MatMulInteger", "QGemm"][..])] {
+        for (op, kernels) in [("Add", &["QLinearAdd"][..]), ("Gemm", &["QGemm", "QLinearMatMul", "MatMulInteger"][..]), ("MatMul", &["QLinearMatMul", "MatMulIntegerToFloat", "MatMulInteger", "QGemm"][..])] {
             if want(op) > 0 && self.sum(kernels) < want(op) {
                 missing.push(format!("{} quantised {op} but {} {}", want(op), self.sum(kernels), kernels.join("/")));
             }

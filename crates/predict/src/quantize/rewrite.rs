@@ -152,21 +152,25 @@ pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationT
                 n.input[2] = bd;
             }
         }
-        let out = n.output[0].clone();
-        if !act.contains_key(&out) {
-            nodes.push(n);
-        } else if ix.outputs.contains(out.as_str()) {
-            // A graph output keeps its name: the node writes a float tensor beside it, and the
-            // DequantizeLinear writes the output.
-            let pre = names.fresh(&format!("{out}_float"));
-            n.output[0] = pre.clone();
-            nodes.push(n);
-            qdq(&mut names, &mut nodes, &out, &pre, &out);
-        } else {
-            let d = names.fresh(&format!("{out}_dequantized"));
-            nodes.push(n);
-            qdq(&mut names, &mut nodes, &out, &out, &d);
-            dequantized.insert(out, d);
+        // Outputs to quantise: a planned node's, or a float node's that a quantised node reads.
+        let mut after = Vec::new();
+        for out in n.output.iter_mut().filter(|o| act.contains_key(o.as_str())) {
+            let t = out.clone();
+            if ix.outputs.contains(t.as_str()) {
+                // A graph output keeps its name: the node writes a float tensor beside it, and
+                // the DequantizeLinear writes the output.
+                let pre = names.fresh(&format!("{t}_float"));
+                *out = pre.clone();
+                after.push((t.clone(), pre, t));
+            } else {
+                let d = names.fresh(&format!("{t}_dequantized"));
+                dequantized.insert(t.clone(), d.clone());
+                after.push((t.clone(), t, d));
+            }
+        }
+        nodes.push(n);
+        for (t, source, out) in after {
+            qdq(&mut names, &mut nodes, &t, &source, &out);
         }
     }
 
