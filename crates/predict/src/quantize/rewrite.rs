@@ -51,6 +51,35 @@ struct Activation {
     zero_point: String,
 }
 
+/// The nodes and initializers of the graph being written, and the names in use.
+struct Writer {
+    names: Names,
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+}
+
+impl Writer {
+    /// `QuantizeLinear(source) → DequantizeLinear → out` with `t`'s parameters.
+    fn qdq(&mut self, t: &str, a: &Activation, source: &str, out: &str) {
+        let q = self.names.fresh(&format!("{t}_quantized"));
+        let (qn, dqn) = (self.names.fresh(&format!("{t}_QuantizeLinear")), self.names.fresh(&format!("{t}_DequantizeLinear")));
+        self.nodes.push(node("QuantizeLinear", qn, [source, &a.scale, &a.zero_point], &q, None));
+        self.nodes.push(node("DequantizeLinear", dqn, [&q, &a.scale, &a.zero_point], out, None));
+    }
+
+    /// An integer constant replacing the float one named `base`, behind a `DequantizeLinear`
+    /// along `axis` with one scale per channel and zero points 0; `codes` and `zeros` make the
+    /// integer tensors under the names given. Returns the dequantised tensor's name.
+    fn constant(&mut self, base: &str, axis: usize, scales: &[f32], codes: impl FnOnce(&str) -> TensorProto, zeros: impl FnOnce(&str, usize) -> TensorProto) -> String {
+        let [q, s, z, d, n] = ["quantized", "scale", "zero_point", "dequantized", "DequantizeLinear"].map(|suffix| self.names.fresh(&format!("{base}_{suffix}")));
+        self.inits.push(codes(&q));
+        self.inits.push(f32_tensor(&s, &[scales.len()], scales));
+        self.inits.push(zeros(&z, scales.len()));
+        self.nodes.push(node("DequantizeLinear", n, [&q, &s, &z], &d, Some(axis as i64)));
+        d
+    }
+}
+
 fn node(op: &str, name: String, inputs: [&str; 3], output: &str, axis: Option<i64>) -> NodeProto {
     NodeProto {
         name: Some(name),
@@ -67,8 +96,7 @@ fn node(op: &str, name: String, inputs: [&str; 3], output: &str, axis: Option<i6
 pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationType) -> Result<ModelProto> {
     let g = check_float32(model)?;
     let ix = Index::new(g);
-    let mut names = Names::of(g);
-    let mut inits: Vec<TensorProto> = Vec::new();
+    let mut w = Writer { names: Names::of(g), nodes: Vec::new(), inits: Vec::new() };
 
     let mut act: HashMap<String, Activation> = HashMap::new();
     for (t, how) in &plan.tensors {
@@ -76,9 +104,9 @@ pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationT
             Params::Calibrated => {
                 let &(lo, hi) = ranges.get(t).with_context(|| format!("no calibrated range for tensor {t}"))?;
                 let affine = params::activation(lo, hi, ty).with_context(|| format!("tensor {t}"))?;
-                let (scale, zero_point) = (names.fresh(&format!("{t}_scale")), names.fresh(&format!("{t}_zero_point")));
-                inits.push(f32_tensor(&scale, &[], &[affine.scale]));
-                inits.push(match ty {
+                let (scale, zero_point) = (w.names.fresh(&format!("{t}_scale")), w.names.fresh(&format!("{t}_zero_point")));
+                w.inits.push(f32_tensor(&scale, &[], &[affine.scale]));
+                w.inits.push(match ty {
                     ActivationType::Uint8 => u8_tensor(&zero_point, &[], &[affine.zero_point as u8]),
                     ActivationType::Int8 => i8_tensor(&zero_point, &[], &[affine.zero_point as i8]),
                 });
@@ -89,19 +117,12 @@ pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationT
         act.insert(t.clone(), a);
     }
 
-    let mut nodes: Vec<NodeProto> = Vec::new();
     // Float tensor → the DequantizeLinear output its consumers read instead.
     let mut dequantized: HashMap<String, String> = HashMap::new();
-    let qdq = |names: &mut Names, nodes: &mut Vec<NodeProto>, t: &str, source: &str, out: &str| {
-        let a = &act[t];
-        let q = names.fresh(&format!("{t}_quantized"));
-        nodes.push(node("QuantizeLinear", names.fresh(&format!("{t}_QuantizeLinear")), [source, &a.scale, &a.zero_point], &q, None));
-        nodes.push(node("DequantizeLinear", names.fresh(&format!("{t}_DequantizeLinear")), [&q, &a.scale, &a.zero_point], out, None));
-    };
     for input in g.input.iter().filter_map(|v| v.name.as_deref()) {
-        if act.contains_key(input) {
-            let d = names.fresh(&format!("{input}_dequantized"));
-            qdq(&mut names, &mut nodes, input, input, &d);
+        if let Some(a) = act.get(input) {
+            let d = w.names.fresh(&format!("{input}_dequantized"));
+            w.qdq(input, a, input, &d);
             dequantized.insert(input.to_string(), d);
         }
     }
@@ -125,31 +146,18 @@ pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationT
             let x = &original.input[0];
             let x_scale = act.get(x).with_context(|| format!("{}: input {x} is not quantised", what()))?.affine.scale;
             let w_name = &original.input[1];
-            let w = ix.constant(w_name).with_context(|| format!("{}: weight {w_name} is not a constant", what()))?;
-            let w_dims = dims(w)?;
+            let weight = ix.constant(w_name).with_context(|| format!("{}: weight {w_name} is not a constant", what()))?;
+            let w_dims = dims(weight)?;
             let bias = match original.input.get(2).filter(|b| !b.is_empty()) {
                 Some(b) => Some((b, floats(ix.constant(b).with_context(|| format!("{}: bias {b} is not a constant", what()))?)?)),
                 None => None,
             };
             let floor = bias.as_ref().map(|(_, b)| params::bias_floor(b, x_scale));
-            let cw = params::weights_per_channel(&floats(w)?, &w_dims, *axis, floor.as_deref()).with_context(what)?;
-            let channels = cw.scales.len();
-            let (wq, ws, wz, wd) =
-                (names.fresh(&format!("{w_name}_quantized")), names.fresh(&format!("{w_name}_scale")), names.fresh(&format!("{w_name}_zero_point")), names.fresh(&format!("{w_name}_dequantized")));
-            inits.push(i8_tensor(&wq, &w_dims, &cw.codes));
-            inits.push(f32_tensor(&ws, &[channels], &cw.scales));
-            inits.push(i8_tensor(&wz, &[channels], &vec![0; channels]));
-            nodes.push(node("DequantizeLinear", names.fresh(&format!("{w_name}_DequantizeLinear")), [&wq, &ws, &wz], &wd, Some(*axis as i64)));
-            n.input[1] = wd;
+            let cw = params::weights_per_channel(&floats(weight)?, &w_dims, *axis, floor.as_deref()).with_context(what)?;
+            n.input[1] = w.constant(w_name, *axis, &cw.scales, |q| i8_tensor(q, &w_dims, &cw.codes), |z, c| i8_tensor(z, &[c], &vec![0; c]));
             if let Some((b_name, b)) = bias {
                 let (codes, scales) = params::bias(&b, x_scale, &cw.scales).with_context(what)?;
-                let (bq, bs, bz, bd) =
-                    (names.fresh(&format!("{b_name}_quantized")), names.fresh(&format!("{b_name}_scale")), names.fresh(&format!("{b_name}_zero_point")), names.fresh(&format!("{b_name}_dequantized")));
-                inits.push(i32_tensor(&bq, &[channels], &codes));
-                inits.push(f32_tensor(&bs, &[channels], &scales));
-                inits.push(i32_tensor(&bz, &[channels], &vec![0; channels]));
-                nodes.push(node("DequantizeLinear", names.fresh(&format!("{b_name}_DequantizeLinear")), [&bq, &bs, &bz], &bd, Some(0)));
-                n.input[2] = bd;
+                n.input[2] = w.constant(b_name, 0, &scales, |q| i32_tensor(q, &[codes.len()], &codes), |z, c| i32_tensor(z, &[c], &vec![0; c]));
             }
         }
         // Outputs to quantise: a planned node's, or a float node's that a quantised node reads.
@@ -159,18 +167,18 @@ pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationT
             if ix.outputs.contains(t.as_str()) {
                 // A graph output keeps its name: the node writes a float tensor beside it, and
                 // the DequantizeLinear writes the output.
-                let pre = names.fresh(&format!("{t}_float"));
+                let pre = w.names.fresh(&format!("{t}_float"));
                 *out = pre.clone();
                 after.push((t.clone(), pre, t));
             } else {
-                let d = names.fresh(&format!("{t}_dequantized"));
+                let d = w.names.fresh(&format!("{t}_dequantized"));
                 dequantized.insert(t.clone(), d.clone());
                 after.push((t.clone(), t, d));
             }
         }
-        nodes.push(n);
+        w.nodes.push(n);
         for (t, source, out) in after {
-            qdq(&mut names, &mut nodes, &t, &source, &out);
+            w.qdq(&t, &act[&t], &source, &out);
         }
     }
 
@@ -179,16 +187,16 @@ pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationT
     let reads = |nodes: &[NodeProto]| -> HashSet<String> {
         nodes.iter().flat_map(|n| n.input.iter().cloned()).chain(ix.outputs.iter().map(|s| s.to_string())).collect()
     };
-    let read = reads(&nodes);
-    nodes.retain(|n| !(n.op_type.as_deref() == Some("Constant") && n.output.iter().all(|o| !read.contains(o))));
-    let read = reads(&nodes);
+    let read = reads(&w.nodes);
+    w.nodes.retain(|n| !(n.op_type.as_deref() == Some("Constant") && n.output.iter().all(|o| !read.contains(o))));
+    let read = reads(&w.nodes);
     let unread = |name: &str| !read.contains(name);
     let mut graph = g.clone();
-    graph.initializer = g.initializer.iter().chain(&inits).filter(|t| !unread(t.name.as_deref().unwrap_or(""))).cloned().collect();
+    graph.initializer = g.initializer.iter().chain(&w.inits).filter(|t| !unread(t.name.as_deref().unwrap_or(""))).cloned().collect();
     let initializers: HashSet<&str> = g.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
     graph.input.retain(|v| v.name.as_deref().is_none_or(|n| !initializers.contains(n) || !unread(n)));
-    let produced: HashSet<&str> = nodes.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    let produced: HashSet<&str> = w.nodes.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
     graph.value_info.retain(|v| produced.contains(v.name.as_deref().unwrap_or("")));
-    graph.node = nodes;
+    graph.node = w.nodes;
     Ok(ModelProto { graph: Some(graph), ..model.clone() })
 }
