@@ -9,7 +9,8 @@
 //! an explicit axis, int32 biases with scale `x_scale · w_scale`, conv attributes kept), then
 //! ONNX Runtime runs both graphs: the int8 outputs follow the float ones, its optimised graph
 //! holds an int8 kernel for every convolution and Add and no float convolution, and
-//! `onnx.checker` (full check) accepts the file.
+//! `onnx.checker` (full check) accepts the file. Every ResNet depth the exporter writes fuses
+//! the same way.
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -28,7 +29,7 @@ use sorbier_predict::quantize::{calibrate, fusion, rewrite, ActivationType, Fusi
 use sorbier_predict::runtime::Device;
 
 mod common;
-use common::{onnx_check, runtime, Rng};
+use common::{make_arch_model, onnx_check, runtime, Rng};
 
 const SIZE: usize = 16;
 const CLASSES: usize = 4;
@@ -438,4 +439,24 @@ fn float16_and_already_quantised_graphs_are_refused() {
     assert!(partial.remove("layer1.relu").is_some());
     let err = format!("{:#}", rewrite(&m, &plan, &partial, ActivationType::Uint8).unwrap_err());
     assert!(err.contains("layer1.relu"), "{err}");
+}
+
+/// Every depth the exporter writes (basic and bottleneck blocks, 1×1 downsamples) fuses
+/// completely: each conv a QLinearConv, each Add a QLinearAdd, no float conv left.
+#[test]
+fn every_exported_resnet_fuses_completely() {
+    let dir = tempfile::tempdir().unwrap();
+    let classes: Vec<String> = (0..CLASSES).map(|i| format!("c{i}")).collect();
+    for arch in sorbier::arch::Arch::ALL {
+        let path = dir.path().join(format!("{}.onnx", arch.name()));
+        make_arch_model(&path, arch, &classes, 32, 5, false);
+        let m = sorbier::export::read_model(&path).unwrap();
+        let plan = Plan::new(&m).unwrap();
+        let q = rewrite(&m, &plan, &synthetic_ranges(&plan), ActivationType::Uint8).unwrap();
+        let fused = fusion::optimized(runtime(), &prost::Message::encode_to_vec(&q)).unwrap();
+        fused.check(&plan.counts(), &Fusion::of(&m)).unwrap();
+        assert_eq!((fused.int8_convs(), fused.float_convs()), (count(&m, "Conv"), 0), "{arch}: {:?}", fused.ops);
+        assert_eq!(fused.count("QLinearAdd"), count(&m, "Add"), "{arch}: {:?}", fused.ops);
+        assert_eq!(plan.counts()["Relu (folded)"], count(&m, "Relu"), "{arch}: every ReLU folded");
+    }
 }
