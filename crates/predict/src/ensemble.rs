@@ -140,6 +140,29 @@ pub fn check_same_classes(models: &[(PathBuf, Vec<String>)]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses weights that are not one positive number per `what` (models, files…).
+pub fn check_weights(weights: &[f64], n: usize, what: &str) -> Result<()> {
+    if weights.len() != n {
+        bail!("{} weights given for {n} {what}", weights.len());
+    }
+    if let Some(x) = weights.iter().find(|&&x| !(x.is_finite() && x > 0.0)) {
+        bail!("weights must be positive numbers, got {x}");
+    }
+    Ok(())
+}
+
+/// The weighted mean `Σ wᵢ·Xᵢ / Σ wᵢ` of `n × c` member outputs (in whatever space they are),
+/// accumulated in float32 in member order — the one way ensembles and blends average.
+pub fn weighted_mean(members: &[Array2<f32>], weights: &[f64]) -> Array2<f32> {
+    let dim = members.first().map_or((0, 0), |m| m.dim());
+    let total: f64 = weights.iter().sum();
+    let mut mean = Array2::<f32>::zeros(dim);
+    for (m, &w) in members.iter().zip(weights) {
+        mean.scaled_add((w / total) as f32, m);
+    }
+    mean
+}
+
 /// At most 10 names and the total, e.g. `"a", "b" … (12 in all)`.
 pub fn list<T: std::fmt::Debug>(items: &[T]) -> String {
     let shown: Vec<String> = items.iter().take(10).map(|x| format!("{x:?}")).collect();
@@ -165,12 +188,7 @@ impl Ensemble {
             bail!("no model given (--model FILE.onnx)");
         }
         if let Some(w) = weights {
-            if w.len() != models.len() {
-                bail!("{} weights given for {} models", w.len(), models.len());
-            }
-            if let Some(x) = w.iter().find(|&&x| !(x.is_finite() && x > 0.0)) {
-                bail!("model weights must be positive numbers, got {x}");
-            }
+            check_weights(w, models.len(), "models")?;
         }
         let mut members = Vec::new();
         let mut preprocesses: Vec<Preprocess> = Vec::new();
@@ -207,14 +225,22 @@ impl Ensemble {
         Ok(Ensemble { members, classes, preprocesses, average, device: used.unwrap_or(device), requested: device, library: rt.library.clone(), notes })
     }
 
-    /// One line: the members, classes, device and runtime, e.g. `2 models (resnet18 224px,
-    /// resnet50 224px), 5 classes, device cpu (auto), ONNX Runtime /x/libonnxruntime.so.1.31.1`.
+    /// One line: the members (with their precision unless float32), classes, device and
+    /// runtime, e.g. `2 models (resnet18 224px int8, resnet50 224px), 5 classes, device cpu
+    /// (auto), ONNX Runtime /x/libonnxruntime.so.1.31.1`.
     pub fn summary(&self) -> String {
         format!(
             "{} model{} ({}), {} classes, device {}{}, ONNX Runtime {}",
             self.members.len(),
             if self.members.len() == 1 { "" } else { "s" },
-            self.members.iter().map(|m| format!("{} {}px", m.meta.arch, m.meta.preprocess.crop)).collect::<Vec<_>>().join(", "),
+            self.members
+                .iter()
+                .map(|m| match m.meta.precision.as_str() {
+                    "float32" => format!("{} {}px", m.meta.arch, m.meta.preprocess.crop),
+                    p => format!("{} {}px {p}", m.meta.arch, m.meta.preprocess.crop),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
             self.classes.len(),
             self.device,
             if self.requested == Device::Auto { " (auto)" } else { "" },
@@ -253,11 +279,8 @@ impl Ensemble {
         }
         bar.finish_and_clear();
         let elapsed = start.elapsed().as_secs_f64();
-        let total_w: f64 = self.members.iter().map(|m| m.weight).sum();
-        let mut mean = Array2::<f32>::zeros((n, c));
-        for (member, out) in self.members.iter().zip(&members) {
-            mean.scaled_add((member.weight / total_w) as f32, out);
-        }
+        let weights: Vec<f64> = self.members.iter().map(|m| m.weight).collect();
+        let mean = weighted_mean(&members, &weights);
         failed.sort_by_key(|f| f.0);
         Ok(Outputs {
             classes: self.classes.clone(),

@@ -6,6 +6,10 @@ use clap::{Parser, Subcommand};
 
 #[path = "predictor/cli.rs"]
 mod cli;
+#[path = "predictor/combine.rs"]
+mod combine;
+#[path = "predictor/quantize.rs"]
+mod quantize;
 
 #[derive(Parser)]
 #[command(name = "predictor", version, about, long_about = None)]
@@ -24,6 +28,12 @@ enum Command {
     Score(cli::ScoreArgs),
     /// Print a model's inputs, outputs, opset and metadata (no ONNX Runtime needed).
     Info(cli::InfoArgs),
+    /// Quantise a float32 model to int8 (QDQ), calibrated on images run through it.
+    Quantize(quantize::QuantizeArgs),
+    /// Join the shards of `predict --shard K/N` into one submission (refusing missing, duplicated or mismatched shards).
+    Merge(combine::MergeArgs),
+    /// Blend the saved logits of earlier runs into one submission, without running any model.
+    Blend(combine::BlendArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +42,9 @@ fn main() -> ExitCode {
         Command::Evaluate(a) => cli::evaluate(&a),
         Command::Score(a) => cli::score(&a),
         Command::Info(a) => cli::info(&a),
+        Command::Quantize(a) => quantize::quantize(&a),
+        Command::Merge(a) => combine::merge(&a),
+        Command::Blend(a) => combine::blend(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
