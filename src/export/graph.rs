@@ -1,10 +1,14 @@
-//! Builds the ONNX graph of a ResNet by walking [`ResNetSpec`], the same description the
+//! Builds the ONNX graph of a network by walking [`NetSpec`], the same description the
 //! libtorch model walks, over a state dict of PyTorch-named tensors.
 //!
-//! The graph is what `torch.onnx.export` of a torchvision ResNet in eval mode gives after
-//! onnxruntime's BatchNorm fusion: `Conv (BN folded) → Relu → MaxPool → blocks (Conv, Relu,
-//! Add) → GlobalAveragePool → Flatten → Gemm`. No BatchNormalization or Dropout node is emitted
-//! (dropout is the identity at inference). Folding follows the inference form of BatchNorm
+//! The graph is what `torch.onnx.export` of the model in eval mode gives after onnxruntime's
+//! BatchNorm fusion: for a ResNet `Conv (BN folded) → Relu → MaxPool → blocks (Conv, Relu, Add)
+//! → GlobalAveragePool → Flatten → Gemm`; for EfficientNet-Lite `Conv → Clip(0, 6)` (ReLU6)
+//! chains with depthwise convolutions (`group` = channels) and residual `Add`s, a 1×1 head,
+//! then the same pooling and Gemm. TensorFlow "SAME" padding becomes static, possibly
+//! asymmetric `pads` on each Conv, computed from the fixed input size (so no Pad node). No
+//! BatchNormalization or Dropout node is emitted (dropout and stochastic depth are the
+//! identity at inference). Folding follows the inference form of BatchNorm
 //! (Ioffe & Szegedy 2015): `y = γ·(x − μ)/√(σ² + ε) + β`, so a conv with weight `w` and no bias
 //! becomes one with `w' = w·s`, `b' = β − μ·s`, `s = γ/√(σ² + ε)` per output channel,
 //! computed in f64 and rounded once.
@@ -16,7 +20,7 @@
 //! exchange float32.
 use anyhow::{bail, Context, Result};
 
-use crate::arch::{ConvBn, ResNetSpec};
+use crate::arch::{Act, ConvBn, NetSpec, Shortcut};
 use crate::meta::ModelMeta;
 use crate::onnx::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension, type_proto,
@@ -36,8 +40,6 @@ pub const INPUT: &str = "input";
 pub const OUTPUT: &str = "logits";
 /// The symbolic batch dimension.
 pub const BATCH_DIM: &str = "N";
-/// BatchNorm epsilon of torchvision's ResNets (`nn.BatchNorm2d` default).
-pub const BN_EPS: f64 = 1e-5;
 
 /// `"float16"` or `"float32"`, as recorded in [`ModelMeta::precision`].
 pub fn precision_name(fp16: bool) -> &'static str {
@@ -131,8 +133,9 @@ impl Graph {
         name.to_string()
     }
 
-    /// A convolution with its BatchNorm folded in; returns the output name (the conv's name).
-    fn conv_bn(&mut self, cb: &ConvBn, w: &StateDict, x: &str) -> Result<String> {
+    /// A convolution with its BatchNorm folded in, on a `size`×`size` input; returns the
+    /// output name (the conv's name).
+    fn conv_bn(&mut self, cb: &ConvBn, w: &StateDict, x: &str, size: usize) -> Result<String> {
         let get = |suffix: &str, of: &str| {
             let key = format!("{of}.{suffix}");
             w.get(&key).map(|t| t.data.as_slice()).with_context(|| format!("tensor {key} missing"))
@@ -140,19 +143,56 @@ impl Graph {
         let weight = get("weight", &cb.conv)?;
         let (gamma, beta) = (get("weight", &cb.bn)?, get("bias", &cb.bn)?);
         let (mean, var) = (get("running_mean", &cb.bn)?, get("running_var", &cb.bn)?);
-        let (w_folded, b_folded) = fold_bn(weight, gamma, beta, mean, var, BN_EPS)?;
-        let k = cb.kernel;
-        let wname = self.initializer(&format!("{}.weight", cb.conv), &[cb.out_channels, cb.in_channels, k, k], &w_folded)?;
+        let (w_folded, b_folded) = fold_bn(weight, gamma, beta, mean, var, cb.bn_eps)?;
+        let wname = self.initializer(&format!("{}.weight", cb.conv), &cb.weight_shape(), &w_folded)?;
         let bname = self.initializer(&format!("{}.bias", cb.conv), &[cb.out_channels], &b_folded)?;
-        let (k, s, p) = (k as i64, cb.stride as i64, cb.padding as i64);
+        let (k, s) = (cb.kernel as i64, cb.stride as i64);
+        let (before, after) = cb.pads(size);
+        let (a, b) = (before as i64, after as i64);
         let attrs = vec![
             attr_ints("kernel_shape", &[k, k]),
             attr_ints("strides", &[s, s]),
-            attr_ints("pads", &[p, p, p, p]),
+            // [top, left, bottom, right]: TensorFlow's SAME puts an odd extra pixel last.
+            attr_ints("pads", &[a, a, b, b]),
             attr_ints("dilations", &[1, 1]),
-            attr_int("group", 1),
+            attr_int("group", cb.groups as i64),
         ];
         Ok(self.node("Conv", &cb.conv, &[x, &wname, &bname], attrs, Some(format!("{} with {} folded in", cb.conv, cb.bn))))
+    }
+
+    /// `act(x)` as a node named `name` (`x` itself for the identity). ReLU6 is `Clip` with
+    /// its bounds as (shared) initializers, as opset 11 and later take them.
+    fn act(&mut self, act: Act, name: &str, x: &str) -> Result<String> {
+        Ok(match act {
+            Act::Identity => x.to_string(),
+            Act::Relu => self.node("Relu", name, &[x], vec![], None),
+            Act::Relu6 => {
+                if !self.initializers.iter().any(|t| t.name.as_deref() == Some(RELU6_MIN)) {
+                    self.initializer(RELU6_MIN, &[], &[0.0])?;
+                    self.initializer(RELU6_MAX, &[], &[6.0])?;
+                }
+                self.node("Clip", name, &[x, RELU6_MIN, RELU6_MAX], vec![], Some("ReLU6".into()))
+            }
+        })
+    }
+
+    /// Conv-BN and its activation, on a `size`×`size` input; returns the output and its size.
+    fn layer(&mut self, cb: &ConvBn, w: &StateDict, x: &str, size: usize, act_name: &str) -> Result<(String, usize)> {
+        let y = self.conv_bn(cb, w, x, size)?;
+        Ok((self.act(cb.act, act_name, &y)?, cb.out_size(size)))
+    }
+}
+
+/// Names of the shared bounds of every ReLU6 `Clip`.
+const RELU6_MIN: &str = "relu6.min";
+const RELU6_MAX: &str = "relu6.max";
+
+/// The activation node's name after conv `i` (0-based) of a block: ResNet's `layer1.0.relu1`
+/// style, or `<conv>.relu6`.
+fn act_name(block_prefix: &str, cb: &ConvBn, i: usize) -> String {
+    match cb.act {
+        Act::Relu6 => format!("{}.relu6", cb.conv),
+        _ => format!("{block_prefix}.relu{}", i + 1),
     }
 }
 
@@ -190,7 +230,7 @@ pub fn fold_bn(
 /// Builds the ONNX model of `spec` with the weights of `weights` (checked first, like a strict
 /// state-dict load) and `meta` as its metadata. `meta.arch` and `meta.classes` must agree with
 /// `spec`; `meta.precision` is set from `fp16`.
-pub fn build_model(spec: &ResNetSpec, weights: &StateDict, meta: &ModelMeta, fp16: bool) -> Result<ModelProto> {
+pub fn build_model(spec: &NetSpec, weights: &StateDict, meta: &ModelMeta, fp16: bool) -> Result<ModelProto> {
     check_state_dict(spec, weights)?;
     if meta.arch != spec.arch.name() {
         bail!("metadata says {} but the model is {}", meta.arch, spec.arch);
@@ -210,44 +250,49 @@ pub fn build_model(spec: &ResNetSpec, weights: &StateDict, meta: &ModelMeta, fp1
     if fp16 {
         x = g.node("Cast", "input_fp16", &[&x], vec![attr_int("to", DataType::Float16 as i64)], None);
     }
-    x = g.conv_bn(&spec.stem, weights, &x)?;
-    x = g.node("Relu", "relu", &[&x], vec![], None);
-    x = g.node(
-        "MaxPool",
-        "maxpool",
-        &[&x],
-        vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("strides", &[2, 2]), attr_ints("pads", &[1, 1, 1, 1])],
-        None,
-    );
+    let stem_act = if spec.stem.act == Act::Relu6 { format!("{}.relu6", spec.stem.conv) } else { "relu".to_string() };
+    let (mut x, mut size) = g.layer(&spec.stem, weights, &x, crop as usize, &stem_act)?;
+    if let Some(p) = &spec.stem_pool {
+        let (k, s, pad) = (p.kernel as i64, p.stride as i64, p.padding as i64);
+        let attrs = vec![attr_ints("kernel_shape", &[k, k]), attr_ints("strides", &[s, s]), attr_ints("pads", &[pad, pad, pad, pad])];
+        x = g.node("MaxPool", "maxpool", &[&x], attrs, None);
+        size = p.out_size(size);
+    }
     for block in &spec.blocks {
-        let shortcut = match &block.downsample {
-            Some(ds) => g.conv_bn(ds, weights, &x)?,
-            None => x.clone(),
-        };
+        let input = (x.clone(), size);
         let mut y = x.clone();
-        let last = block.convs.len() - 1;
         for (i, cb) in block.convs.iter().enumerate() {
-            y = g.conv_bn(cb, weights, &y)?;
-            if i < last {
-                y = g.node("Relu", &format!("{}.relu{}", block.prefix, i + 1), &[&y], vec![], None);
-            }
+            (y, size) = g.layer(cb, weights, &y, size, &act_name(&block.prefix, cb, i))?;
         }
-        let sum = g.node("Add", &format!("{}.add", block.prefix), &[&y, &shortcut], vec![], None);
-        x = g.node("Relu", &format!("{}.relu", block.prefix), &[&sum], vec![], None);
+        let shortcut = match &block.shortcut {
+            Shortcut::None => None,
+            Shortcut::Identity => Some(input.0),
+            Shortcut::Conv(ds) => Some(g.conv_bn(ds, weights, &input.0, input.1)?),
+        };
+        x = match shortcut {
+            None => y,
+            Some(sc) => {
+                let sum = g.node("Add", &format!("{}.add", block.prefix), &[&y, &sc], vec![], None);
+                g.act(block.act, &format!("{}.relu", block.prefix), &sum)?
+            }
+        };
+    }
+    if let Some(head) = &spec.head {
+        (x, _) = g.layer(head, weights, &x, size, &format!("{}.relu6", head.conv))?;
     }
     x = g.node("GlobalAveragePool", "avgpool", &[&x], vec![], None);
     x = g.node("Flatten", "flatten", &[&x], vec![attr_int("axis", 1)], None);
-    let fc_w = &weights["fc.weight"];
-    let fc_b = &weights["fc.bias"];
-    let wname = g.initializer("fc.weight", &fc_w.shape, &fc_w.data)?;
-    let bname = g.initializer("fc.bias", &fc_b.shape, &fc_b.data)?;
+    let [fc_wn, fc_bn] = spec.classifier_tensors();
+    let (fc_w, fc_b) = (&weights[&fc_wn], &weights[&fc_bn]);
+    let wname = g.initializer(&fc_wn, &fc_w.shape, &fc_w.data)?;
+    let bname = g.initializer(&fc_bn, &fc_b.shape, &fc_b.data)?;
     let gemm = vec![
         AttributeProto { name: Some("alpha".into()), r#type: Some(AttributeType::Float as i32), f: Some(1.0), ..Default::default() },
         AttributeProto { name: Some("beta".into()), r#type: Some(AttributeType::Float as i32), f: Some(1.0), ..Default::default() },
         attr_int("transB", 1),
     ];
     if fp16 {
-        let y = g.node("Gemm", "fc", &[&x, &wname, &bname], gemm, None);
+        let y = g.node("Gemm", &spec.classifier, &[&x, &wname, &bname], gemm, None);
         g.nodes.push(NodeProto {
             name: Some("logits_fp32".into()),
             op_type: Some("Cast".into()),
@@ -258,7 +303,7 @@ pub fn build_model(spec: &ResNetSpec, weights: &StateDict, meta: &ModelMeta, fp1
         });
     } else {
         g.nodes.push(NodeProto {
-            name: Some("fc".into()),
+            name: Some(spec.classifier.clone()),
             op_type: Some("Gemm".into()),
             input: vec![x, wname, bname],
             output: vec![OUTPUT.into()],

@@ -1,4 +1,4 @@
-//! Native ONNX export: walks `arch::ResNetSpec` over a run's safetensors weights and writes
+//! Native ONNX export: walks `arch::NetSpec` over a run's safetensors weights and writes
 //! an inference-optimised graph (BatchNorm folded) with the model card in its metadata.
 //!
 //! libtorch has no ONNX exporter (`torch.onnx` is Python), so the graph is written here with

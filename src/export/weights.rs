@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::arch::ResNetSpec;
+use crate::arch::NetSpec;
 
 /// One dense tensor, row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,7 +80,7 @@ fn list(names: &[String]) -> String {
 /// Checks that `weights` holds exactly the tensors of `spec` with the right shapes.
 /// The error lists missing keys, unexpected keys and size mismatches, like PyTorch's strict
 /// `load_state_dict`, and says which architecture and class count were expected.
-pub fn check_state_dict(spec: &ResNetSpec, weights: &StateDict) -> Result<()> {
+pub fn check_state_dict(spec: &NetSpec, weights: &StateDict) -> Result<()> {
     let expected = spec.tensors();
     let mut missing = Vec::new();
     let mut mismatched = Vec::new();
@@ -121,7 +121,7 @@ pub(crate) mod tests {
     use crate::arch::Arch;
 
     /// Every tensor of `spec`, each filled with `value`.
-    pub(crate) fn filled(spec: &ResNetSpec, value: f32) -> StateDict {
+    pub(crate) fn filled(spec: &NetSpec, value: f32) -> StateDict {
         spec.tensors()
             .into_iter()
             .map(|(n, s)| {

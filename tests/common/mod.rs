@@ -15,3 +15,12 @@ pub fn ort_env() -> &'static ort::environment::Environment {
             .unwrap()
     })
 }
+
+/// Output `logits` of the ONNX model at `path` for an input of `shape` (one intra-op thread).
+pub fn ort_logits(path: &std::path::Path, shape: &[usize], input: &[f32]) -> (Vec<usize>, Vec<f32>) {
+    let x = ort::value::Tensor::from_array((shape.to_vec(), input.to_vec().into_boxed_slice())).unwrap();
+    let mut s = ort::session::Session::builder(ort_env()).unwrap().with_intra_threads(1).unwrap().commit_from_file(path).unwrap();
+    let outputs = s.run(ort::inputs!["input" => x]).unwrap();
+    let (shape, data) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
+    (shape.iter().map(|&d| d as usize).collect(), data.to_vec())
+}

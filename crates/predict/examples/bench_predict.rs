@@ -14,21 +14,23 @@ fn main() -> anyhow::Result<()> {
     bench::main()
 }
 
+#[path = "common/mod.rs"]
+mod common;
+
 mod bench {
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
     use std::process::Command;
     use std::sync::Arc;
     use std::time::Instant;
 
     use anyhow::{bail, Context, Result};
-    use sorbier::arch::{Arch, ResNetSpec};
-    use sorbier::export::{build_model, write_model, StateDict, Tensor};
-    use sorbier::meta::ModelMeta;
-    use sorbier_predict::ensemble::{Average, Ensemble};
+    use sorbier::arch::Arch;
     use sorbier_predict::pipeline::{Pipeline, PipelineConfig};
     use sorbier_predict::runtime::{Device, Runtime};
-    use sorbier_predict::tta::{Tta, Variant};
+    use sorbier_predict::tta::Variant;
     use sorbier::transforms::Preprocess;
+
+    use super::common;
 
     struct Opts {
         images: PathBuf,
@@ -44,7 +46,7 @@ mod bench {
     }
 
     fn parse() -> Result<Opts> {
-        let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+        let root = common::root();
         let mut o = Opts {
             images: root.join("../shared/data/flowers/test"),
             archs: vec![Arch::Resnet18, Arch::Resnet50],
@@ -54,84 +56,30 @@ mod bench {
             workers: 2,
             device: Device::Cpu,
             limit: 0,
-            python: std::env::var("SORBIER_PYTHON").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(".venv/bin/python")),
+            python: common::python(None),
             models: root.join("target/bench-predict"),
         };
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let mut it = args.iter();
-        while let Some(k) = it.next() {
-            let v = it.next().with_context(|| format!("{k} needs a value"))?;
+        for (k, v) in common::options()? {
             match k.as_str() {
                 "--images" => o.images = v.into(),
-                "--archs" => {
-                    o.archs = v.split(',').map(|a| Arch::from_name(a).with_context(|| format!("unknown arch {a}"))).collect::<Result<_>>()?
-                }
+                "--archs" => o.archs = common::archs(&v)?,
                 "--size" => o.size = v.parse()?,
                 "--batch" => o.batch = v.parse()?,
                 "--threads" => o.threads = v.parse()?,
                 "--workers" => o.workers = v.parse()?,
                 "--device" => o.device = v.parse().map_err(anyhow::Error::msg)?,
                 "--limit" => o.limit = v.parse()?,
-                "--python" => o.python = v.into(),
+                "--python" => o.python = common::python(Some(&v)),
                 "--models" => o.models = v.into(),
                 _ => bail!("unknown option {k}"),
             }
         }
-        if o.python.is_relative() {
-            o.python = root.join(&o.python);
-        }
         Ok(o)
-    }
-
-    /// A model with seeded random weights, cached in `dir`.
-    fn model(dir: &Path, arch: Arch, size: u32) -> Result<PathBuf> {
-        let path = dir.join(format!("{}-{size}.onnx", arch.name()));
-        if path.exists() {
-            return Ok(path);
-        }
-        std::fs::create_dir_all(dir)?;
-        let classes: Vec<String> = ["daisy", "dandelion", "roses", "sunflowers", "tulips"].iter().map(|s| s.to_string()).collect();
-        let spec = ResNetSpec::new(arch, classes.len());
-        let mut state = 0x5eedu64;
-        let mut weights = StateDict::new();
-        for (name, shape) in spec.tensors() {
-            let n: usize = shape.iter().product();
-            let scale = (2.0 / shape[1..].iter().product::<usize>().max(1) as f32).sqrt();
-            let data = (0..n)
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    let u = (state >> 40) as f32 / (1u64 << 24) as f32;
-                    if name.ends_with("running_var") { 1.0 + u } else { scale * (u - 0.5) }
-                })
-                .collect();
-            weights.insert(name, Tensor::new(shape, data)?);
-        }
-        let meta = ModelMeta {
-            classes,
-            arch: arch.name().into(),
-            preprocess: Preprocess::for_crop(size),
-            metrics: Default::default(),
-            data_fingerprint: "bench".into(),
-            sorbier_version: sorbier::VERSION.into(),
-            precision: "float32".into(),
-            source: "bench:random".into(),
-        };
-        write_model(&build_model(&spec, &weights, &meta, false)?, &path)?;
-        Ok(path)
     }
 
     pub fn main() -> Result<()> {
         let o = parse()?;
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&o.images)
-            .with_context(|| format!("cannot read {}", o.images.display()))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("jpg") || x.eq_ignore_ascii_case("jpeg") || x.eq_ignore_ascii_case("png")))
-            .collect();
-        names.sort();
-        if o.limit > 0 {
-            names.truncate(o.limit);
-        }
+        let names = common::images(&o.images, o.limit)?;
         let n = names.len();
         let paths: Arc<[PathBuf]> = names.into();
         let rt = Runtime::load(None)?;
@@ -151,9 +99,7 @@ mod bench {
         // Preprocessing alone (also keeps the tensors for the model-only figure).
         let _ = Pipeline::new(paths.clone(), vec![pre.clone()], vec![Variant::Identity], &cfg).count(); // warm the page cache
         let t = Instant::now();
-        let batches: Vec<ndarray::Array4<f32>> = Pipeline::new(paths.clone(), vec![pre.clone()], vec![Variant::Identity], &cfg)
-            .map(|b| b.map(|mut b| b.tensors[0].swap_remove(0)))
-            .collect::<Result<_>>()?;
+        let batches = common::decode(&paths, &pre, &cfg)?;
         let pre_rate = n as f64 / t.elapsed().as_secs_f64();
 
         println!(
@@ -161,22 +107,12 @@ mod bench {
             "model", "e2e img/s", "model img/s", "e2e/mdl", "prep img/s", "prep/thread", "py e2e", "py prep", "e2e/py", "prep/py"
         );
         for &arch in &o.archs {
-            let path = model(&o.models, arch, o.size)?;
-            let mut ens = Ensemble::open(&rt, std::slice::from_ref(&path), None, Average::Logits, o.device, o.threads)?;
-            // Warm-up: first runs allocate and pick kernels.
-            ens.members[0].forward(batches[0].view(), 5)?;
-
-            let t = Instant::now();
-            for x in &batches {
-                ens.members[0].forward(x.view(), 5)?;
-            }
-            let model_rate = n as f64 / t.elapsed().as_secs_f64();
-
-            let out = ens.run(paths.clone(), Tta::None, &cfg, false)?;
+            let path = common::random_model(&o.models, arch, o.size)?;
+            let (model_rate, out) = common::throughput(&rt, &path, o.device, o.threads, &batches, &paths, &cfg)?;
             let e2e = out.images_per_s;
 
             let py = Command::new(&o.python)
-                .arg(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tools/bench_predict.py"))
+                .arg(common::root().join("tools/bench_predict.py"))
                 .args(["--model", &path.display().to_string(), "--images", &o.images.display().to_string()])
                 .args(["--resize", &pre.resize.to_string(), "--crop", &pre.crop.to_string(), "--batch", &o.batch.to_string()])
                 .args(["--threads", &o.threads.to_string(), "--workers", &o.workers.to_string(), "--limit", &o.limit.to_string()])

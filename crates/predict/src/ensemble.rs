@@ -230,14 +230,22 @@ impl Ensemble {
         Ok(Ensemble { members, classes, preprocesses, average, device: used.unwrap_or(device), requested: device, library: rt.library.clone(), notes })
     }
 
-    /// One line: the members, classes, device and runtime, e.g. `2 models (resnet18 224px,
-    /// resnet50 224px), 5 classes, device cpu (auto), ONNX Runtime /x/libonnxruntime.so.1.31.1`.
+    /// One line: the members (with their precision unless float32), classes, device and
+    /// runtime, e.g. `2 models (resnet18 224px int8, resnet50 224px), 5 classes, device cpu
+    /// (auto), ONNX Runtime /x/libonnxruntime.so.1.31.1`.
     pub fn summary(&self) -> String {
         format!(
             "{} model{} ({}), {} classes, device {}{}, ONNX Runtime {}",
             self.members.len(),
             if self.members.len() == 1 { "" } else { "s" },
-            self.members.iter().map(|m| format!("{} {}px", m.meta.arch, m.meta.preprocess.crop)).collect::<Vec<_>>().join(", "),
+            self.members
+                .iter()
+                .map(|m| match m.meta.precision.as_str() {
+                    "float32" => format!("{} {}px", m.meta.arch, m.meta.preprocess.crop),
+                    p => format!("{} {}px {p}", m.meta.arch, m.meta.preprocess.crop),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
             self.classes.len(),
             self.device,
             if self.requested == Device::Auto { " (auto)" } else { "" },

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use sorbier::meta::{ModelMeta, PREFIX};
+use sorbier::meta::{ModelMeta, Quantization, PREFIX};
 use sorbier::onnx::tensor_proto::DataType;
 use sorbier::onnx::tensor_shape_proto::dimension::Value as Dim;
 use sorbier::onnx::type_proto::Value as TypeValue;
@@ -90,8 +90,22 @@ pub fn describe(model: &ModelProto, path: &Path) -> String {
             let _ = writeln!(s, "  (not a complete sorbier model card: {e:#})");
         }
     }
+    let mut known: Vec<String> = ModelMeta::keys().iter().map(|k| format!("{PREFIX}{k}")).collect();
+    match Quantization::from_props(props.iter().copied()) {
+        Ok(Some(q)) => {
+            let nodes: Vec<String> = q.nodes.iter().map(|(op, n)| format!("{n} {op}")).collect();
+            let _ = writeln!(s, "  quantization     weights {}, activations {}", q.weights, q.activations);
+            let _ = writeln!(s, "    calibration    {} on {} images from {} (fingerprint {})", q.method, q.images, q.selection, q.data_fingerprint);
+            let _ = writeln!(s, "    quantised      {}", nodes.join(", "));
+            let _ = writeln!(s, "    parent         float32 model sha256 {} (sorbier {})", q.parent_sha256, q.sorbier_version);
+            known.push(format!("{PREFIX}{}", Quantization::KEY));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let _ = writeln!(s, "  ({e:#})");
+        }
+    }
     // Keys the card does not know (or all of them, raw, when it could not be read).
-    let known: Vec<String> = ModelMeta::keys().iter().map(|k| format!("{PREFIX}{k}")).collect();
     for (k, v) in props.iter().filter(|(k, _)| !known.iter().any(|x| x == k)) {
         let _ = writeln!(s, "  {k} = {v}");
     }

@@ -9,6 +9,10 @@
 //! - [`evaluate`]: `predictor evaluate` on a labelled ImageFolder;
 //! - [`score`]: `predictor score` of a submission against a solution (no ONNX Runtime);
 //! - [`info`]: `predictor info`, read straight from the ONNX protobuf (no ONNX Runtime);
+//! - [`quantize`]: `predictor quantize`, calibrated int8 (QDQ) models written in Rust;
+//! - [`shard`]: `predict --shard K/N` and `predictor merge`;
+//! - [`blend`]: `predictor blend` of saved logits, without running any model;
+//! - [`fingerprint`]: content hashes of model files and image lists.
 //! - [`serve`]: `predictor serve`, an Open Inference Protocol server with dynamic batching.
 //!
 //! Every model describes itself: class names and preprocessing come only from its metadata
@@ -21,13 +25,17 @@ use crate::ensemble::Average;
 use crate::runtime::Device;
 use crate::tta::Tta;
 
+pub mod blend;
 pub mod ensemble;
 pub mod evaluate;
+pub mod fingerprint;
 pub mod info;
 pub mod logits;
 pub mod pipeline;
+pub mod quantize;
 pub mod runtime;
 pub mod score;
+pub mod shard;
 pub mod serve;
 pub mod submit;
 pub mod tta;

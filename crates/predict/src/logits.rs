@@ -8,7 +8,11 @@
 //!
 //! Header metadata (`__metadata__`, string → string, values JSON): `names` (image names, row
 //! order), `classes` (class names, column order), `models` (paths), `weights`, `average`
-//! (`"logits"`: values are raw logits; `"probs"`: softmax probabilities), `tta`.
+//! (`"logits"`: values are raw logits; `"probs"`: softmax probabilities), `tta`; and, in files
+//! written since sharding exists (older files read without them): `model_sha256` (each model
+//! file's hash, so a merge can tell different models from the same model on another path),
+//! `skipped` (`[name, reason]` of each NaN row) and, for `predict --shard`, `shard`
+//! ([`ShardInfo`]: which part of which image list the rows are).
 //! With Python: `safetensors.numpy.load_file(f)` for the tensors and
 //! `safetensors.safe_open(f, "np").metadata()` for the header.
 use std::collections::HashMap;
@@ -20,6 +24,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::ensemble::{Average, Outputs};
+use crate::shard::ShardInfo;
 
 /// A saved-logits file read back.
 #[derive(Clone, Debug)]
@@ -29,18 +34,44 @@ pub struct SavedLogits {
     pub models: Vec<String>,
     pub weights: Vec<f64>,
     pub average: String,
+    /// `none`, `hflip`, `flips` or `d4`.
+    pub tta: String,
+    /// One per model; empty in files written before the field existed.
+    pub model_sha256: Vec<String>,
+    /// `(image name, reason)` of the rows left NaN.
+    pub skipped: Vec<(String, String)>,
+    /// Set in the output of `predict --shard`.
+    pub shard: Option<ShardInfo>,
     /// `N × C`.
     pub mean: Array2<f32>,
     /// One `N × C` matrix per member.
     pub members: Vec<Array2<f32>>,
 }
 
+/// What a saved-logits file says about where its values came from (besides the names and
+/// classes its rows and columns carry).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Provenance {
+    pub models: Vec<String>,
+    pub weights: Vec<f64>,
+    pub tta: String,
+    pub model_sha256: Vec<String>,
+    pub skipped: Vec<(String, String)>,
+    pub shard: Option<ShardInfo>,
+}
+
 fn bytes(v: &Array2<f32>) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Writes `out` (rows named `names`) to `path`, atomically.
+/// Writes `out` (rows named `names`) to `path`, atomically, with the basic header only.
 pub fn save(path: &Path, names: &[String], out: &Outputs, models: &[String], weights: &[f64], tta: &str) -> Result<()> {
+    let p = Provenance { models: models.to_vec(), weights: weights.to_vec(), tta: tta.to_string(), ..Provenance::default() };
+    write(path, names, out, &p)
+}
+
+/// Writes `out` (rows named `names`) to `path`, atomically, with the full header.
+pub fn write(path: &Path, names: &[String], out: &Outputs, p: &Provenance) -> Result<()> {
     let (n, c) = (names.len(), out.c());
     if out.mean.nrows() != n {
         bail!("{} rows of logits for {n} names", out.mean.nrows());
@@ -57,31 +88,45 @@ pub fn save(path: &Path, names: &[String], out: &Outputs, models: &[String], wei
         Average::Logits => "logits",
         Average::Probs => "probs",
     };
-    let meta: HashMap<String, String> = [
+    let mut meta: HashMap<String, String> = [
         ("names", serde_json::to_string(names)?),
         ("classes", serde_json::to_string(&out.classes)?),
-        ("models", serde_json::to_string(models)?),
-        ("weights", serde_json::to_string(weights)?),
+        ("models", serde_json::to_string(&p.models)?),
+        ("weights", serde_json::to_string(&p.weights)?),
         ("average", serde_json::to_string(average)?),
-        ("tta", serde_json::to_string(tta)?),
+        ("tta", serde_json::to_string(&p.tta)?),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    if !p.model_sha256.is_empty() {
+        meta.insert("model_sha256".into(), serde_json::to_string(&p.model_sha256)?);
+    }
+    if !p.skipped.is_empty() {
+        meta.insert("skipped".into(), serde_json::to_string(&p.skipped)?);
+    }
+    if let Some(shard) = &p.shard {
+        meta.insert("shard".into(), serde_json::to_string(shard)?);
+    }
     let data = safetensors::serialize(views, Some(meta)).context("serialising logits")?;
     sorbier::run::write_atomic(path, &data).with_context(|| format!("cannot write logits {}", path.display()))
 }
 
-/// Reads a file written by [`save`].
+/// A header value, parsed from its JSON; `None` when the key is absent.
+fn header_value<T: serde::de::DeserializeOwned>(meta: &HashMap<String, String>, path: &Path, key: &str) -> Result<Option<T>> {
+    let Some(v) = meta.get(key) else { return Ok(None) };
+    let value: serde_json::Value = serde_json::from_str(v).with_context(|| format!("{}: metadata {key} is not JSON", path.display()))?;
+    serde_json::from_value(value).map(Some).with_context(|| format!("{}: metadata {key} has the wrong form", path.display()))
+}
+
+/// Reads a file written by [`save`] or [`write`], checking that the header and the tensors
+/// agree (one row per name, one column per class, one matrix per model).
 pub fn load(path: &Path) -> Result<SavedLogits> {
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let st = SafeTensors::deserialize(&data).with_context(|| format!("{} is not a safetensors file", path.display()))?;
     let (_, header) = SafeTensors::read_metadata(&data)?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let field = |k: &str| -> Result<serde_json::Value> {
-        let v = meta.get(k).with_context(|| format!("{}: no {k:?} in the header metadata", path.display()))?;
-        serde_json::from_str(v).with_context(|| format!("{}: metadata {k} is not JSON", path.display()))
-    };
+    let required = |k: &str| header_value(&meta, path, k)?.with_context(|| format!("{}: no {k:?} in the header metadata", path.display()));
     let tensor = |name: &str| -> Result<Array2<f32>> {
         let t = st.tensor(name).with_context(|| format!("{}: no tensor {name}", path.display()))?;
         if t.dtype() != Dtype::F32 || t.shape().len() != 2 {
@@ -90,15 +135,33 @@ pub fn load(path: &Path) -> Result<SavedLogits> {
         let values: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         Array2::from_shape_vec((t.shape()[0], t.shape()[1]), values).with_context(|| format!("{}: tensor {name}", path.display()))
     };
-    let models: Vec<String> = serde_json::from_value(field("models")?)?;
+    let names: Vec<String> = serde_json::from_value(required("names")?)?;
+    let classes: Vec<String> = serde_json::from_value(required("classes")?)?;
+    let models: Vec<String> = serde_json::from_value(required("models")?)?;
+    let weights: Vec<f64> = serde_json::from_value(required("weights")?)?;
+    let model_sha256: Vec<String> = header_value(&meta, path, "model_sha256")?.unwrap_or_default();
+    if weights.len() != models.len() || !(model_sha256.is_empty() || model_sha256.len() == models.len()) {
+        bail!("{}: {} models, {} weights and {} hashes in the header", path.display(), models.len(), weights.len(), model_sha256.len());
+    }
+    let mean = tensor("mean")?;
     let members = (0..models.len()).map(|i| tensor(&format!("model_{i}"))).collect::<Result<Vec<_>>>()?;
+    for (i, m) in std::iter::once(&mean).chain(&members).enumerate() {
+        if m.dim() != (names.len(), classes.len()) {
+            let name = if i == 0 { "mean".to_string() } else { format!("model_{}", i - 1) };
+            bail!("{}: tensor {name} is {:?}, but the header names {} images and {} classes", path.display(), m.dim(), names.len(), classes.len());
+        }
+    }
     Ok(SavedLogits {
-        names: serde_json::from_value(field("names")?)?,
-        classes: serde_json::from_value(field("classes")?)?,
-        weights: serde_json::from_value(field("weights")?)?,
-        average: serde_json::from_value(field("average")?)?,
+        average: serde_json::from_value(required("average")?)?,
+        tta: header_value(&meta, path, "tta")?.unwrap_or_else(|| "none".into()),
+        skipped: header_value(&meta, path, "skipped")?.unwrap_or_default(),
+        shard: header_value(&meta, path, "shard")?,
+        names,
+        classes,
         models,
-        mean: tensor("mean")?,
+        weights,
+        model_sha256,
+        mean,
         members,
     })
 }
@@ -127,5 +190,22 @@ mod tests {
         assert_eq!(back.mean.row(0).to_vec(), vec![1.0, 2.0]);
         assert!(back.mean[[1, 0]].is_nan());
         assert_eq!(back.members.len(), 1);
+        assert_eq!((back.tta.as_str(), back.model_sha256.len(), back.skipped.len(), back.shard), ("none", 0, 0, None));
+
+        let shard = ShardInfo { index: 2, count: 3, first: 1, rows: 4, list: "abcd".into() };
+        let p2 = dir.path().join("s.safetensors");
+        let prov = Provenance {
+            models: vec!["m.onnx".into()],
+            weights: vec![1.0],
+            tta: "hflip".into(),
+            model_sha256: vec!["0123".into()],
+            skipped: vec![("y.jpg".into(), "unreadable: bad".into())],
+            shard: Some(shard.clone()),
+        };
+        write(&p2, &["x.jpg".into(), "y.jpg".into()], &out, &prov).unwrap();
+        let back = load(&p2).unwrap();
+        assert_eq!((back.tta.as_str(), back.model_sha256, back.skipped, back.shard), ("hflip", prov.model_sha256.clone(), prov.skipped.clone(), Some(shard)));
+        // A header that does not match its tensors is refused, not half-read.
+        assert!(write(&p2, &["x.jpg".into()], &out, &prov).is_err());
     }
 }

@@ -170,6 +170,11 @@ impl Runtime {
         }
     }
 
+    /// The environment, for sessions built with other options (calibration, fusion checks).
+    pub fn environment(&self) -> &Environment {
+        &self.env
+    }
+
     fn open(&self, model: &Path, cuda: Option<i32>, threads: usize) -> Result<Session> {
         // Builder errors carry the builder (not Send), so they are turned into strings here.
         build_session(&self.env, model, cuda, threads).map_err(|e| anyhow!("{e}"))

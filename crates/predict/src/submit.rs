@@ -5,6 +5,9 @@
 //! decoded, is an error naming each one; with `--skip-unreadable` their rows are still written,
 //! with an empty class, and listed with the reason in `<out>.skipped.csv`. Images in the folder
 //! that the sample submission does not list get no row (they are counted and named).
+//!
+//! With `--shard K/N` only the K-th contiguous part of the ordered rows is predicted (see
+//! [`crate::shard`]); its saved logits record which part, for `predictor merge`.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +16,9 @@ use ndarray::Array2;
 
 use sorbier::data::TestSet;
 use crate::ensemble::{list, Outputs};
+use crate::fingerprint::file_sha256;
+use crate::logits::Provenance;
+use crate::shard::Shard;
 use crate::ModelOptions;
 
 /// What `predictor predict` does.
@@ -35,6 +41,8 @@ pub struct PredictOptions {
     /// Write rows of missing or undecodable images with an empty class and list them in
     /// `<out>.skipped.csv`, instead of failing.
     pub skip_unreadable: bool,
+    /// Predict only this part of the rows (needs `save_logits`).
+    pub shard: Option<Shard>,
 }
 
 /// What `predict` wrote.
@@ -64,10 +72,21 @@ pub fn top_k(row: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-fn check_out_dir(p: &Path) -> Result<()> {
+pub(crate) fn check_out_dir(p: &Path) -> Result<()> {
     let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !parent.is_dir() {
         bail!("cannot write {}: folder {} does not exist", p.display(), parent.display());
+    }
+    Ok(())
+}
+
+/// Refuses a `--top-k` of 0 or of more than the `classes` the model has.
+pub(crate) fn check_top_k(k: usize, classes: usize) -> Result<()> {
+    if k == 0 {
+        bail!("--top-k must be at least 1");
+    }
+    if k > classes {
+        bail!("--top-k {k} is more than the model's {classes} classes");
     }
     Ok(())
 }
@@ -81,9 +100,10 @@ pub fn predict(args: &PredictOptions, log: &dyn Fn(&str)) -> Result<Prediction> 
     if let Some(p) = &args.save_logits {
         check_out_dir(p)?;
     }
-    if args.top_k == Some(0) {
-        bail!("--top-k must be at least 1");
+    if let Some(k) = args.top_k {
+        check_top_k(k, usize::MAX)?;
     }
+    crate::shard::require_logits(args.shard, args.save_logits.as_deref())?;
     let sample = match (&args.sample_submission, args.no_sample_submission) {
         (Some(p), _) => Some(p.clone()),
         (None, true) => None,
@@ -94,7 +114,16 @@ pub fn predict(args: &PredictOptions, log: &dyn Fn(&str)) -> Result<Prediction> 
             log(&format!("row order from {} (pass --no-sample-submission to ignore it)", p.display()));
         }
     }
-    let test = TestSet::scan(&args.images, sample.as_deref())?;
+    let mut test = TestSet::scan(&args.images, sample.as_deref())?;
+    let shard = args.shard.map(|s| {
+        let info = s.info(&test.names);
+        let rows = s.range(test.names.len());
+        log(&format!("shard {s}: rows {}–{} of {}", rows.start + 1, rows.end, test.names.len()));
+        test.names = test.names[rows].to_vec();
+        let kept: std::collections::HashSet<&String> = test.names.iter().collect();
+        test.missing.retain(|n| kept.contains(n));
+        info
+    });
     let mut skipped: Vec<(usize, String)> = Vec::new();
     if !test.missing.is_empty() {
         if !args.skip_unreadable {
@@ -125,9 +154,7 @@ pub fn predict(args: &PredictOptions, log: &dyn Fn(&str)) -> Result<Prediction> 
     }
     log(&ens.summary());
     if let Some(k) = args.top_k {
-        if k > ens.classes.len() {
-            bail!("--top-k {k} is more than the model's {} classes", ens.classes.len());
-        }
+        check_top_k(k, ens.classes.len())?;
     }
     // Run only the images that exist; map back to rows afterwards.
     let missing: std::collections::HashSet<&String> = test.missing.iter().collect();
@@ -146,28 +173,41 @@ pub fn predict(args: &PredictOptions, log: &dyn Fn(&str)) -> Result<Prediction> 
     skipped.sort();
 
     let full = expand(&out, &rows, test.names.len());
-    write_submission(&args.out, &test.names, &full, args.top_k, &skipped)?;
+    write_outputs(&args.out, &test.names, &full, args.top_k, &skipped)?;
+    if let Some(p) = &args.save_logits {
+        let prov = Provenance {
+            models: ens.members.iter().map(|m| m.path.display().to_string()).collect(),
+            weights: ens.members.iter().map(|m| m.weight).collect(),
+            tta: format!("{:?}", args.model.tta).to_lowercase(),
+            model_sha256: ens.members.iter().map(|m| file_sha256(&m.path)).collect::<Result<_>>()?,
+            skipped: skipped.iter().map(|(i, why)| (test.names[*i].clone(), why.clone())).collect(),
+            shard,
+        };
+        crate::logits::write(p, &test.names, &full, &prov)?;
+        log(&format!("saved outputs to {}", p.display()));
+    }
     let skipped_file = skipped_path(&args.out);
+    Ok(Prediction { rows: test.names.len(), classes: ens.classes.len(), images_per_s: out.images_per_s, skipped: skipped.len(), skipped_file })
+}
+
+/// Writes the submission (rows `names`, classes from `out`) and, when rows were `skipped`,
+/// `<path>.skipped.csv` listing them (a stale list from an earlier run is removed).
+pub(crate) fn write_outputs(path: &Path, names: &[String], out: &Outputs, top_k: Option<usize>, skipped: &[(usize, String)]) -> Result<()> {
+    write_submission(path, names, out, top_k, skipped)?;
+    let skipped_file = skipped_path(path);
     if skipped.is_empty() {
         // A report from an earlier run would describe a submission that no longer exists.
         if skipped_file.exists() {
             std::fs::remove_file(&skipped_file).with_context(|| format!("cannot remove stale {}", skipped_file.display()))?;
         }
-    } else {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        w.write_record(["image_name", "reason"])?;
-        for (i, why) in &skipped {
-            w.write_record([test.names[*i].as_str(), why.as_str()])?;
-        }
-        sorbier::run::write_atomic(&skipped_file, &w.into_inner().context("csv buffer")?)?;
+        return Ok(());
     }
-    if let Some(p) = &args.save_logits {
-        let models: Vec<String> = ens.members.iter().map(|m| m.path.display().to_string()).collect();
-        let weights: Vec<f64> = ens.members.iter().map(|m| m.weight).collect();
-        crate::logits::save(p, &test.names, &full, &models, &weights, &format!("{:?}", args.model.tta).to_lowercase())?;
-        log(&format!("saved outputs to {}", p.display()));
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["image_name", "reason"])?;
+    for (i, why) in skipped {
+        w.write_record([names[*i].as_str(), why.as_str()])?;
     }
-    Ok(Prediction { rows: test.names.len(), classes: ens.classes.len(), images_per_s: out.images_per_s, skipped: skipped.len(), skipped_file })
+    sorbier::run::write_atomic(&skipped_file, &w.into_inner().context("csv buffer")?)
 }
 
 /// Outputs over the images that ran → outputs over all rows (NaN rows for the missing ones).

@@ -17,14 +17,14 @@ use rand::SeedableRng;
 use sorbier::arch::Arch;
 use sorbier::data::{Dataset, Loader, LoaderConfig, Mode};
 use sorbier_train::model::autocast::{autocast, AmpDtype};
-use sorbier_train::model::{memory_format, select_device, ResNet};
+use sorbier_train::model::{memory_format, select_device, Net};
 use sorbier_train::optim::{OptimConfig, Optimizer, OptimizerKind};
 use sorbier::transforms::{Augment, Preprocess};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 struct Bench {
-    net: ResNet,
+    net: Net,
     opt: Optimizer,
     device: Device,
     /// bf16 autocast for the forward pass (as `torch.autocast(dtype=torch.bfloat16)`).
@@ -79,7 +79,8 @@ fn main() -> Result<()> {
     let classes = ds.classes.len();
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
-    let net = ResNet::new(&vs.root(), &arch.spec(classes), 0.0);
+    // The family's training-time regularisation, as the PyTorch peer's model has it.
+    let net = Net::new(&vs.root(), &arch.spec(classes), arch.default_dropout()).with_drop_path(arch.default_drop_path());
     if channels_last {
         memory_format::vars_to_channels_last(&vs)?;
     }

@@ -35,7 +35,7 @@ use sorbier::data::split::{self, SplitSpec};
 use sorbier::data::{sampler, Batch, Dataset, Loader, LoaderConfig, Mode};
 use sorbier::metrics::{Metrics, MetricsAccumulator};
 use crate::model::autocast::{autocast, AmpDtype};
-use crate::model::{self, ResNet};
+use crate::model::{self, Net};
 use sorbier::run::{Checkpoint, CheckpointInfo, RunConfig, HISTORY};
 
 /// Largest share of an epoch's images that may fail to load before training stops.
@@ -103,7 +103,7 @@ fn images_tensor(batch: &Batch, device: Device, channels_last: bool) -> Result<T
 }
 
 /// Float32 logits of `model`, under autocast when mixed precision is on.
-fn forward(model: &ResNet, x: &Tensor, train: bool, device: Device, amp: Option<AmpDtype>) -> Result<Tensor> {
+fn forward(model: &Net, x: &Tensor, train: bool, device: Device, amp: Option<AmpDtype>) -> Result<Tensor> {
     match amp {
         Some(dtype) => Ok(autocast(device, dtype, || model.forward_t(x, train))?.to_kind(Kind::Float)),
         None => Ok(model.forward_t(x, train)),
@@ -112,7 +112,7 @@ fn forward(model: &ResNet, x: &Tensor, train: bool, device: Device, amp: Option<
 
 /// The validation pass: metrics and the confusion matrix.
 #[allow(clippy::too_many_arguments)]
-fn evaluate(model: &ResNet, loader: Loader, classes: usize, device: Device, amp: Option<AmpDtype>, channels_last: bool, images: usize, log: &dyn Log) -> Result<MetricsAccumulator> {
+fn evaluate(model: &Net, loader: Loader, classes: usize, device: Device, amp: Option<AmpDtype>, channels_last: bool, images: usize, log: &dyn Log) -> Result<MetricsAccumulator> {
     let mut acc = MetricsAccumulator::new(classes);
     let mut failures = Failures::new(images, "validation");
     for batch in loader {
@@ -207,7 +207,7 @@ pub struct Trainer<'a> {
     amp: Option<AmpDtype>,
     data: Data,
     vs: nn::VarStore,
-    net: ResNet,
+    net: Net,
     opt: Optimizer,
     schedule: LrSchedule,
     scaler: Option<LossScaler>,
@@ -233,36 +233,15 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
 
 impl<'a> Trainer<'a> {
     /// Device and precision, crash recovery of the run directory, the dataset and its split,
-    /// the model (seeded, then pretrained weights for a new run), the optimiser and schedule.
+    /// the model (seeded, then pretrained weights for a new run), the optimiser and schedule:
+    /// the steps below, in that order.
     pub fn set_up(dir: &Path, cfg: &'a RunConfig, s: &'a TrainSettings, rt: &'a Runtime, resume: bool, out: Output) -> Result<Trainer<'a>> {
         let log = out.log.clone();
         if let Some(t) = rt.threads {
             tch::set_num_threads(t as i32);
         }
         super::check_split(&cfg.split, s)?;
-        let device = model::select_device(&rt.device)?;
-        // fp16 autocast with loss scaling on CUDA; bf16 on CUDA or CPU, without scaling.
-        let amp = match (s.amp, s.amp_dtype) {
-            (false, _) => None,
-            (true, AmpDtype::Fp16) if !device.is_cuda() => {
-                log.warn("fp16 mixed precision (--amp) needs CUDA; training in fp32 (--amp-dtype bf16 also runs on CPU)");
-                None
-            }
-            (true, dtype) => Some(dtype),
-        };
-        if device.is_cuda() {
-            tch::Cuda::cudnn_set_benchmark(true);
-        }
-        log.info(&format!(
-            "device {}{}{}, {} loader workers",
-            describe(device),
-            amp.map(|d| format!(" ({d} autocast)")).unwrap_or_default(),
-            if s.channels_last { " channels-last" } else { "" },
-            rt.workers
-        ));
-        if let Some(advice) = model::precision_advice(device, amp, s.channels_last, model::cpu_has_native_bf16()) {
-            log.warn(&advice);
-        }
+        let (device, amp) = Self::choose_device(s, rt, &*log)?;
         if resume {
             if let Some(note) = files::recover(dir)? {
                 log.warn(&format!("{}: {note}", dir.display()));
@@ -278,31 +257,8 @@ impl<'a> Trainer<'a> {
         };
         let data = Self::load_data(cfg, s, resume, &*log)?;
 
-        // Model, initialised from the run's seed (then optionally overwritten by pretrained weights).
-        tch::manual_seed(cfg.seed as i64);
-        let mut vs = nn::VarStore::new(device);
-        let spec = cfg.arch.spec(cfg.classes.len());
-        let mut net = ResNet::new(&vs.root(), &spec, cfg.dropout);
-        if !resume {
-            match &s.pretrained {
-                Some(p) => log.info(&model::load_weights(&mut vs, p, &spec, true)?.summary()),
-                None => log.warn(&format!("warning: no --pretrained weights: {} starts from random initialisation; accuracy will suffer", cfg.arch)),
-            }
-        }
-        if s.mode == TrainMode::FeatureExtract {
-            model::freeze_backbone(&vs);
-            net.set_frozen_backbone(true);
-        }
-        if s.channels_last {
-            model::memory_format::vars_to_channels_last(&vs)?;
-        }
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let params = vars.into_iter().map(|(n, v)| {
-            let decay = s.decay_norm_bias || v.dim() > 1;
-            (n, v, decay)
-        });
-        let opt = Optimizer::new(s.optimizer.clone(), params.collect())?;
+        let (vs, net) = Self::build_model(cfg, s, device, resume, &*log)?;
+        let opt = Self::build_optimizer(&vs, &net, s)?;
 
         let epoch_samples = match s.sampling {
             Sampling::Weighted => sampler::num_samples(data.train.len(), s.samples_multiplier),
@@ -340,6 +296,35 @@ impl<'a> Trainer<'a> {
             best: None,
             history: Vec::new(),
         })
+    }
+
+    /// The device and the mixed precision that will really run there — fp16 autocast with
+    /// loss scaling on CUDA; bf16 on CUDA or CPU, without scaling — said in the log with
+    /// advice for this hardware.
+    fn choose_device(s: &TrainSettings, rt: &Runtime, log: &dyn Log) -> Result<(Device, Option<AmpDtype>)> {
+        let device = model::select_device(&rt.device)?;
+        let amp = match (s.amp, s.amp_dtype) {
+            (false, _) => None,
+            (true, AmpDtype::Fp16) if !device.is_cuda() => {
+                log.warn("fp16 mixed precision (--amp) needs CUDA; training in fp32 (--amp-dtype bf16 also runs on CPU)");
+                None
+            }
+            (true, dtype) => Some(dtype),
+        };
+        if device.is_cuda() {
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        log.info(&format!(
+            "device {}{}{}, {} loader workers",
+            describe(device),
+            amp.map(|d| format!(" ({d} autocast)")).unwrap_or_default(),
+            if s.channels_last { " channels-last" } else { "" },
+            rt.workers
+        ));
+        if let Some(advice) = model::precision_advice(device, amp, s.channels_last, model::cpu_has_native_bf16()) {
+            log.warn(&advice);
+        }
+        Ok((device, amp))
     }
 
     /// The dataset (checked against the run's classes, and on resume its fingerprint) and the
@@ -394,6 +379,45 @@ impl<'a> Trainer<'a> {
             train_labels,
             train_sizes,
         })
+    }
+
+    /// The model, initialised from the run's seed, then (new runs) overwritten by the
+    /// pretrained weights; frozen for feature extraction, NHWC when asked.
+    fn build_model(cfg: &RunConfig, s: &TrainSettings, device: Device, resume: bool, log: &dyn Log) -> Result<(nn::VarStore, Net)> {
+        tch::manual_seed(cfg.seed as i64);
+        let mut vs = nn::VarStore::new(device);
+        let spec = cfg.arch.spec(cfg.classes.len());
+        let mut net = Net::new(&vs.root(), &spec, cfg.dropout).with_drop_path(s.drop_path);
+        if !resume {
+            match &s.pretrained {
+                Some(p) => log.info(&model::load_weights(&mut vs, p, &spec, true)?.summary()),
+                None => log.warn(&format!("warning: no --pretrained weights: {} starts from random initialisation; accuracy will suffer", cfg.arch)),
+            }
+        }
+        if s.mode == TrainMode::FeatureExtract {
+            model::freeze_backbone(&vs, &spec);
+            net.set_frozen_backbone(true);
+        }
+        if s.channels_last {
+            model::memory_format::vars_to_channels_last(&vs)?;
+        }
+        Ok((vs, net))
+    }
+
+    /// The optimiser over the trainable variables in name order: weight decay on matrices
+    /// and kernels (and on norms and biases with `decay_norm_bias`), the backbone's learning
+    /// rate scaled by `backbone_lr_scale` against the new classifier's.
+    fn build_optimizer(vs: &nn::VarStore, net: &Net, s: &TrainSettings) -> Result<Optimizer> {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = vars.into_iter().map(|(n, v)| {
+            let decay = s.decay_norm_bias || v.dim() > 1;
+            (n, v, decay)
+        });
+        let mut opt = Optimizer::new(s.optimizer.clone(), params.collect())?;
+        let spec = net.spec();
+        opt.set_lr_scales(|name| if spec.is_classifier(name) { 1.0 } else { s.backbone_lr_scale })?;
+        Ok(opt)
     }
 
     /// Resume: the last committed epoch's weights, optimiser, schedule, loss scale, best epoch

@@ -1,7 +1,8 @@
 //! sorbier's training side, the only crate that links libtorch (through `tch`).
 //!
-//! [`model`] is the torchvision-named ResNet on libtorch (weights, devices, the C++ shims in
-//! `csrc/`); the rest is training: `trainer train` fine-tunes a torchvision-compatible ResNet on an
+//! [`model`] is the networks of [`sorbier::arch`] on libtorch under their reference
+//! implementations' names (weights, ImageNet weights lookup, devices, the C++ shims in
+//! `csrc/`); the rest is training: `trainer train` fine-tunes a ResNet or EfficientNet-Lite on an
 //! ImageFolder dataset and writes a run directory (see [`sorbier::run`]); `--resume` continues an
 //! interrupted run from its last completed epoch with the same result as an uninterrupted one.
 //!
@@ -84,7 +85,17 @@ pub struct TrainSettings {
     pub epochs: usize,
     pub batch_size: usize,
     pub mode: TrainMode,
+    /// The weights file the run started from (`--pretrained imagenet` is recorded as the file
+    /// it found).
     pub pretrained: Option<PathBuf>,
+    /// Learning-rate multiplier of every variable but the classifier's (discriminative
+    /// fine-tuning). Absent from runs recorded before it existed: 1.
+    #[serde(default = "one")]
+    pub backbone_lr_scale: f64,
+    /// Stochastic depth rate (the last block's drop probability). Absent from runs recorded
+    /// before it existed: 0.
+    #[serde(default)]
+    pub drop_path: f64,
     pub optimizer: OptimConfig,
     /// Weight decay also on norm parameters and biases.
     pub decay_norm_bias: bool,
@@ -110,6 +121,10 @@ pub struct TrainSettings {
     pub drop_last: bool,
     /// Runtime choices of the first run, for the record (resume may change them).
     pub runtime: Runtime,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Settings that do not change the result (or, for threads, only through float reordering).

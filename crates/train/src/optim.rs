@@ -68,6 +68,8 @@ struct Param {
     name: String,
     var: Tensor,
     decay: bool,
+    /// Multiplies the scheduled learning rate (e.g. a smaller one for a pretrained backbone).
+    lr_scale: f64,
     step: u64,
     exp_avg: Option<Tensor>,
     exp_avg_sq: Option<Tensor>,
@@ -94,9 +96,23 @@ impl Optimizer {
         }
         let params = params
             .into_iter()
-            .map(|(name, var, decay)| Param { name, var, decay, step: 0, exp_avg: None, exp_avg_sq: None, momentum_buffer: None, step_tensor: None })
+            .map(|(name, var, decay)| Param { name, var, decay, lr_scale: 1.0, step: 0, exp_avg: None, exp_avg_sq: None, momentum_buffer: None, step_tensor: None })
             .collect();
         Ok(Optimizer { config, params })
+    }
+
+    /// Learning-rate multipliers by variable name (1 for all by default), as PyTorch's
+    /// per-parameter-group `lr`: discriminative fine-tuning gives a pretrained backbone a
+    /// fraction of the new head's rate.
+    pub fn set_lr_scales(&mut self, scale: impl Fn(&str) -> f64) -> Result<()> {
+        for p in &mut self.params {
+            let s = scale(&p.name);
+            if !(s.is_finite() && s >= 0.0) {
+                bail!("learning-rate scale {s} of {} must be finite and not negative", p.name);
+            }
+            p.lr_scale = s;
+        }
+        Ok(())
     }
 
     /// Gradients of `loss` with respect to the optimised variables, in their order, from the
@@ -126,6 +142,7 @@ impl Optimizer {
                     continue;
                 }
                 let wd = if p.decay { c.weight_decay } else { 0.0 };
+                let lr = lr * p.lr_scale;
                 p.step += 1;
                 match c.kind {
                     OptimizerKind::Adam | OptimizerKind::Adamw => adam(p, grad, lr, wd, &c),
@@ -155,9 +172,18 @@ impl Optimizer {
                 }
             })
             .collect::<std::result::Result<_, _>>()?;
-        for decay in [true, false] {
+        // One kernel call per (weight decay, learning-rate scale) group, as torch runs one per
+        // parameter group.
+        let mut groups: Vec<(bool, f64)> = Vec::new();
+        for p in &self.params {
+            if !groups.contains(&(p.decay, p.lr_scale)) {
+                groups.push((p.decay, p.lr_scale));
+            }
+        }
+        for (decay, scale) in groups {
             let wd = if decay { c.weight_decay } else { 0.0 };
-            let ready: Vec<usize> = (0..self.params.len()).filter(|&i| self.params[i].decay == decay && grads[i].defined()).collect();
+            let lr = lr * scale;
+            let ready: Vec<usize> = (0..self.params.len()).filter(|&i| self.params[i].decay == decay && self.params[i].lr_scale == scale && grads[i].defined()).collect();
             let grads_of = |idx: &[usize]| idx.iter().map(|&i| &grads[i]).collect::<Vec<_>>();
             match c.kind {
                 OptimizerKind::Adam | OptimizerKind::Adamw => {
@@ -378,6 +404,42 @@ mod tests {
 
     /// A resumed fused optimiser rebuilds its step tensors from the saved counts: the fourth
     /// step after a save/load equals the fourth step of an uninterrupted one, bit for bit.
+    /// A scaled variable moves exactly as it would alone at `lr · scale` (torch's per-group
+    /// `lr`), in both implementations and for every optimiser.
+    #[test]
+    fn lr_scales_act_as_parameter_groups() {
+        for kind in [OptimizerKind::Adam, OptimizerKind::Adamw, OptimizerKind::Sgd] {
+            for fused in [false, true] {
+                let mut c = OptimConfig::new(kind);
+                c.fused = fused;
+                c.weight_decay = 0.01;
+                c.momentum = if kind == OptimizerKind::Sgd { 0.9 } else { 0.0 };
+                let run = |scales: &[(&str, f64)], names: &[&str], lr: f64| {
+                    let vars: Vec<Tensor> = names.iter().map(|n| var(if *n == "head" { &[1.0, -2.0] } else { &[0.5, 3.0] })).collect();
+                    let params = names.iter().zip(&vars).map(|(n, v)| (n.to_string(), v.shallow_clone(), true)).collect();
+                    let mut opt = Optimizer::new(c.clone(), params).unwrap();
+                    let map: BTreeMap<&str, f64> = scales.iter().copied().collect();
+                    opt.set_lr_scales(|n| map.get(n).copied().unwrap_or(1.0)).unwrap();
+                    for _ in 0..3 {
+                        let loss = vars.iter().map(|v| (v * v * Tensor::from_slice(&[1.5f32, -0.5])).sum(Kind::Float)).fold(Tensor::from(0f32), |a, b| a + b);
+                        let grads = opt.gradients(&loss).unwrap();
+                        opt.step(&grads, lr).unwrap();
+                    }
+                    vars.iter().map(|v| Vec::<f32>::try_from(v).unwrap()).collect::<Vec<_>>()
+                };
+                let both = run(&[("backbone", 0.1)], &["backbone", "head"], 0.05);
+                let backbone_alone = run(&[], &["backbone"], 0.005);
+                let head_alone = run(&[], &["head"], 0.05);
+                let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6);
+                assert!(close(&both[0], &backbone_alone[0]), "{kind:?} fused {fused}: {both:?} vs {backbone_alone:?}");
+                assert!(close(&both[1], &head_alone[0]), "{kind:?} fused {fused}");
+                assert!(!close(&both[0], &run(&[], &["backbone"], 0.05)[0]), "the scale changed nothing");
+            }
+        }
+        let mut opt = Optimizer::new(OptimConfig::new(OptimizerKind::Adam), vec![("a".into(), var(&[1.0]), true)]).unwrap();
+        assert!(opt.set_lr_scales(|_| f64::NAN).is_err());
+    }
+
     #[test]
     fn fused_adam_resumes_exactly() {
         let make = || {

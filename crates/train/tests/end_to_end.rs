@@ -99,3 +99,56 @@ fn train_export_predict_score_on_the_flowers_photos() {
     let correct = got[1..].iter().filter(|g| solution[&g[0]] == g[1]).count();
     assert!((acc - correct as f64 / 250.0).abs() < 1e-4, "score says {acc}, rows say {correct}/250");
 }
+
+/// A pretrained EfficientNet-Lite0 and a ResNet-18, each with its own preprocessing (bicubic,
+/// (x − 127)/128 at 64 px; bilinear, ImageNet mean/std at 32 px), predicted as one ensemble:
+/// the predictor takes everything from the model cards, and the ensemble's saved mean is the
+/// average of what each model predicts alone.
+#[test]
+fn an_efficientnet_and_a_resnet_predict_as_one_ensemble() {
+    let data = flowers();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let trainer = env!("CARGO_BIN_EXE_trainer");
+    let common = ["--epochs", "1", "--batch-size", "8", "--max-steps-per-epoch", "2", "--workers", "2", "--threads", "2", "--device", "cpu", "--seed", "4", "--quiet", "--no-report"];
+    let mut models = Vec::new();
+    for (name, arch_args) in [
+        ("lite0", vec!["--arch", "efficientnet-lite0", "--pretrained", "imagenet", "--image-size", "64"]),
+        ("r18", vec!["--arch", "resnet18", "--image-size", "32"]),
+    ] {
+        let run_dir = tmp.path().join(name);
+        let mut args = vec!["train".to_string(), s(&data.join("train")), "--out".into(), s(&run_dir)];
+        args.extend(arch_args.iter().chain(&common).map(|a| a.to_string()));
+        run(trainer, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let model = tmp.path().join(format!("{name}.onnx"));
+        run(trainer, &["export", &s(&run_dir), "-o", &s(&model)]);
+        models.push(model);
+    }
+
+    let predictor = predictor_bin();
+    let predictor = predictor.to_str().unwrap();
+    let info = run(predictor, &["info", &s(&models[0])]);
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("efficientnet-lite0") && info.contains("Bicubic") && info.contains("0.49803922"), "{info}");
+
+    let predict = |models: &[&Path], out: &str| {
+        let (sub, logits) = (tmp.path().join(format!("{out}.csv")), tmp.path().join(format!("{out}.safetensors")));
+        let mut args = vec!["predict".to_string()];
+        for m in models {
+            args.extend(["--model".to_string(), s(m)]);
+        }
+        let rest = ["--images", &s(&data.join("test")), "--sample-submission", &s(&data.join("sample_submission.csv")), "--out", &s(&sub), "--save-logits", &s(&logits), "--quiet"];
+        args.extend(rest.iter().map(|a| a.to_string()));
+        run(predictor, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        (read_csv(&sub), sorbier_predict::logits::load(&logits).unwrap())
+    };
+    let (_, alone_a) = predict(&[&models[0]], "lite0");
+    let (_, alone_b) = predict(&[&models[1]], "r18");
+    let (rows, both) = predict(&[&models[0], &models[1]], "both");
+    assert_eq!(rows.len(), 251);
+    assert_eq!(both.members.len(), 2);
+    for (i, (m, (a, b))) in both.mean.iter().zip(alone_a.mean.iter().zip(alone_b.mean.iter())).enumerate() {
+        assert!((m - (a + b) / 2.0).abs() <= 1e-5, "element {i}: ensemble {m}, alone {a} and {b}");
+    }
+    assert!(both.members[0].iter().zip(alone_a.mean.iter()).all(|(x, y)| x == y), "member 0 is the EfficientNet as predicted alone");
+}

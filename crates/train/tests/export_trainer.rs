@@ -14,12 +14,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use common::ort_env;
-use ort::session::Session;
 use sorbier::arch::Arch;
 use sorbier::data::split::SplitSpec;
 use sorbier::export;
-use sorbier_train::model::{save_safetensors, ResNet};
+use sorbier_train::model::{save_safetensors, Net};
 use sorbier::run::{Checkpoint, CheckpointInfo, RunConfig};
 use sorbier::transforms::{Augment, Preprocess};
 use tch::nn::{self, ModuleT};
@@ -44,12 +42,7 @@ const CALIBRATION_BATCH: i64 = 8;
 
 /// Logits of the ONNX model at `path` for `input` (`BATCH`×3×`SIZE`×`SIZE`).
 fn ort_logits(path: &Path, input: &[f32]) -> (Vec<usize>, Vec<f32>) {
-    let shape = vec![BATCH as usize, 3, SIZE as usize, SIZE as usize];
-    let x = ort::value::Tensor::from_array((shape, input.to_vec().into_boxed_slice())).unwrap();
-    let mut s = Session::builder(ort_env()).unwrap().with_intra_threads(1).unwrap().commit_from_file(path).unwrap();
-    let outputs = s.run(ort::inputs!["input" => x]).unwrap();
-    let (shape, data) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
-    (shape.iter().map(|&d| d as usize).collect(), data.to_vec())
+    common::ort_logits(path, &[BATCH as usize, 3, SIZE as usize, SIZE as usize], input)
 }
 
 fn to_vec(t: &Tensor) -> Vec<f32> {
@@ -68,7 +61,7 @@ fn to_vec(t: &Tensor) -> Vec<f32> {
 /// tch's BatchNorm has momentum 0.1 fixed, so after one train-mode step from mean 0 / var 1 the
 /// running values are `0.1·batch + 0.9·initial`; the batch statistics are recovered from them
 /// exactly (PyTorch's `momentum=None` over one batch, as tools/export_reference.py does).
-fn calibrate(vs: &nn::VarStore, model: &ResNet) {
+fn calibrate(vs: &nn::VarStore, model: &Net) {
     let branch_ends: Vec<&str> =
         model.spec().blocks.iter().filter_map(|b| b.convs.last()).map(|cb| cb.bn.as_str()).collect();
     // Sorted, so that the random draws go to the same tensors on every run.
@@ -106,12 +99,12 @@ static RNG: Mutex<()> = Mutex::new(());
 
 /// A run directory as the trainer writes it, for a fresh seeded `arch` model, and a seeded
 /// input batch (`BATCH`×3×`SIZE`×`SIZE`).
-fn make_run(dir: &Path, arch: Arch, dropout: f64, seed: i64) -> (nn::VarStore, ResNet, Tensor) {
+fn make_run(dir: &Path, arch: Arch, dropout: f64, seed: i64) -> (nn::VarStore, Net, Tensor) {
     let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let spec = arch.spec(CLASSES);
-    let model = ResNet::new(&vs.root(), &spec, dropout);
+    let model = Net::new(&vs.root(), &spec, dropout);
     calibrate(&vs, &model);
     let x = Tensor::randn([BATCH, 3, SIZE, SIZE], (Kind::Float, Device::Cpu));
     let config = RunConfig {

@@ -1,6 +1,6 @@
-//! Mutation fuzzing (see `tests/common/fuzz.rs`) of the `torch.save` zip/pickle reader: on any
-//! input it returns the tensors or a clean error — no panic, and no allocation sized by a
-//! header it has not checked against the file.
+//! Mutation fuzzing (see `tests/common/fuzz.rs`) of the `torch.save` readers (zip and legacy
+//! format, both pickles): on any input they return the tensors or a clean error — no panic,
+//! and no allocation sized by a header not checked against the file.
 use std::io::Write;
 
 use proptest::prelude::*;
@@ -28,7 +28,7 @@ fn the_seeds_are_read() {
 fn a_header_claiming_a_huge_entry_is_refused_without_allocating_it() {
     // Rewrite the uncompressed size of the data.pkl entry in its local header and in the
     // central directory to 4 GiB − 1: the reader must say the file is corrupt.
-    let (_, mut bytes) = corpus("torch").remove(0);
+    let (_, mut bytes) = corpus("torch").into_iter().find(|(_, b)| b.starts_with(b"PK")).expect("a zip seed");
     let mut patched = 0;
     for sig in [[0x50u8, 0x4b, 0x03, 0x04], [0x50, 0x4b, 0x01, 0x02]] {
         let size_at = if sig[2] == 3 { 22 } else { 24 };
@@ -49,11 +49,24 @@ fn a_header_claiming_a_huge_entry_is_refused_without_allocating_it() {
     assert!(err.contains("corrupt") || err.contains("zip"), "{err}");
 }
 
+#[test]
+fn a_legacy_storage_claiming_more_elements_than_the_file_holds_is_refused() {
+    let (_, bytes) = corpus("torch").into_iter().find(|(n, _)| n.contains("legacy")).expect("a legacy-format seed");
+    assert!(read(&bytes).is_ok());
+    // The first storage's int64 element count follows the pickle of the storage keys, which
+    // ends with APPENDS (or APPEND) then STOP: find the count of 18 (2×1×3×3) after it.
+    let at = bytes.windows(8).position(|w| w == 18u64.to_le_bytes()).expect("the conv weight's count");
+    let mut patched = bytes.clone();
+    patched[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let err = format!("{:#}", read(&patched).unwrap_err());
+    assert!(err.contains("corrupt"), "{err}");
+}
+
 proptest! {
     #![proptest_config(config())]
 
     #[test]
-    fn the_torch_zip_reader_never_panics(seed in 0usize..64, m in mutation()) {
+    fn the_torch_save_readers_never_panic(seed in 0usize..64, m in mutation()) {
         let seeds = corpus("torch");
         let (_, bytes) = &seeds[seed % seeds.len()];
         let _ = read(&mutate(bytes, &m));

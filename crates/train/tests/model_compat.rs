@@ -3,8 +3,8 @@
 //! logits; what `save_safetensors` writes loads back into torchvision with `strict=True` and
 //! gives the same logits there. Also the loader's errors on files that do not fit.
 
-use sorbier::arch::{Arch, ResNetSpec};
-use sorbier_train::model::{load_weights, save_safetensors, ResNet};
+use sorbier::arch::{Arch, NetSpec};
+use sorbier_train::model::{load_weights, save_safetensors, Net};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -63,9 +63,9 @@ fn fixtures() -> &'static Path {
     })
 }
 
-fn model(spec: &ResNetSpec) -> (nn::VarStore, ResNet) {
+fn model(spec: &NetSpec) -> (nn::VarStore, Net) {
     let vs = nn::VarStore::new(Device::Cpu);
-    let net = ResNet::new(&vs.root(), spec, 0.0);
+    let net = Net::new(&vs.root(), spec, 0.0);
     (vs, net)
 }
 

@@ -6,6 +6,10 @@ use clap::{Parser, Subcommand};
 
 #[path = "predictor/cli.rs"]
 mod cli;
+#[path = "predictor/combine.rs"]
+mod combine;
+#[path = "predictor/quantize.rs"]
+mod quantize;
 #[path = "predictor/serve.rs"]
 mod serve;
 
@@ -26,6 +30,12 @@ enum Command {
     Score(cli::ScoreArgs),
     /// Print a model's inputs, outputs, opset and metadata (no ONNX Runtime needed).
     Info(cli::InfoArgs),
+    /// Quantise a float32 model to int8 (QDQ), calibrated on images run through it.
+    Quantize(quantize::QuantizeArgs),
+    /// Join the shards of `predict --shard K/N` into one submission (refusing missing, duplicated or mismatched shards).
+    Merge(combine::MergeArgs),
+    /// Blend the saved logits of earlier runs into one submission, without running any model.
+    Blend(combine::BlendArgs),
     /// Serve the models over HTTP: Open Inference Protocol (KServe v2) and /v1/identify, with dynamic batching.
     Serve(serve::ServeArgs),
 }
@@ -36,6 +46,9 @@ fn main() -> ExitCode {
         Command::Evaluate(a) => cli::evaluate(&a),
         Command::Score(a) => cli::score(&a),
         Command::Info(a) => cli::info(&a),
+        Command::Quantize(a) => quantize::quantize(&a),
+        Command::Merge(a) => combine::merge(&a),
+        Command::Blend(a) => combine::blend(&a),
         Command::Serve(a) => serve::serve(&a),
     };
     match result {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use sorbier::arch::{Arch, ResNetSpec};
+use sorbier::arch::Arch;
 use sorbier::export::{build_model, write_model, StateDict, Tensor};
 use sorbier::meta::ModelMeta;
 use sorbier::transforms::Preprocess;
@@ -62,7 +62,12 @@ pub fn make_model(path: &Path, classes: &[String], crop: u32, seed: u64) {
 
 /// [`make_model`], in float16 when `fp16`.
 pub fn make_model_in(path: &Path, classes: &[String], crop: u32, seed: u64, fp16: bool) {
-    let spec = ResNetSpec::new(Arch::Resnet18, classes.len());
+    make_arch_model(path, Arch::Resnet18, classes, crop, seed, fp16)
+}
+
+/// [`make_model_in`] for any ResNet depth.
+pub fn make_arch_model(path: &Path, arch: Arch, classes: &[String], crop: u32, seed: u64, fp16: bool) {
+    let spec = arch.spec(classes.len());
     let mut rng = Rng(seed);
     let mut weights = StateDict::new();
     for (name, shape) in spec.tensors() {
@@ -82,7 +87,7 @@ pub fn make_model_in(path: &Path, classes: &[String], crop: u32, seed: u64, fp16
     }
     let meta = ModelMeta {
         classes: classes.to_vec(),
-        arch: "resnet18".into(),
+        arch: arch.name().into(),
         preprocess: Preprocess::for_crop(crop),
         metrics: [("top1".to_string(), 0.5)].into_iter().collect(),
         data_fingerprint: "0123456789abcdef".into(),

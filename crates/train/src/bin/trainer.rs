@@ -1,4 +1,4 @@
-//! `trainer`: inspect a dataset, fine-tune a ResNet with libtorch, export it to ONNX.
+//! `trainer`: inspect a dataset, fine-tune a ResNet or EfficientNet-Lite with libtorch, export it to ONNX.
 //! Parses arguments ([`cli`]), calls the libraries and prints.
 use std::process::ExitCode;
 
@@ -22,7 +22,7 @@ enum Command {
     Synth(data::SynthArgs),
     /// Show the classes of a dataset, their sizes and what the scan skipped.
     Inspect(data::InspectArgs),
-    /// Fine-tune a ResNet (libtorch; CPU or CUDA) and write a run directory.
+    /// Fine-tune a ResNet or EfficientNet-Lite (libtorch; CPU or CUDA) and write a run directory.
     Train(cli::TrainArgs),
     /// Export a run's checkpoint to a self-describing ONNX model.
     Export(data::ExportArgs),

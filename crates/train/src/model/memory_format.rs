@@ -100,16 +100,16 @@ mod tests {
     #[test]
     fn a_channels_last_resnet_has_the_same_gradients() {
         use sorbier::arch::Arch;
-        use crate::model::ResNet;
+        use crate::model::Net;
         use tch::nn::ModuleT;
         let x = Tensor::randn([6, 3, 32, 32], (Kind::Float, Device::Cpu));
         let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 0]);
         // One set of initial weights for both (the global RNG is shared with parallel tests).
         let init = nn::VarStore::new(Device::Cpu);
-        let _ = ResNet::new(&init.root(), &Arch::Resnet18.spec(5), 0.0);
+        let _ = Net::new(&init.root(), &Arch::Resnet18.spec(5), 0.0);
         let grads = |channels_last: bool| {
             let mut vs = nn::VarStore::new(Device::Cpu);
-            let net = ResNet::new(&vs.root(), &Arch::Resnet18.spec(5), 0.0);
+            let net = Net::new(&vs.root(), &Arch::Resnet18.spec(5), 0.0);
             vs.copy(&init).unwrap();
             let x = if channels_last {
                 // 20 convolutions, of which the three 1×1 downsamples are already both layouts.

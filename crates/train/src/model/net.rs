@@ -1,44 +1,67 @@
-//! ResNet-18…152 in libtorch, built by walking [`ResNetSpec`] so that its variables carry
-//! exactly torchvision's state-dict names (`conv1.weight`, `layer1.0.downsample.1.running_var`,
-//! `fc.bias`, …).
+//! The networks of [`sorbier::arch`] in libtorch, built by walking a [`NetSpec`] so that
+//! their variables carry exactly the reference implementations' state-dict names
+//! (torchvision's `conv1.weight`, `layer1.0.downsample.1.running_var`, `fc.bias`;
+//! efficientnet-lite-pytorch's `_blocks.3._depthwise_conv.weight`, `_fc.bias`, …).
 //!
-//! Follows torchvision `models/resnet.py` (He et al. 2016, v1.5: a bottleneck's stride sits on
-//! its 3×3 convolution): the forward pass, BatchNorm's eps 1e-5 and momentum 0.1, and the
-//! initialisation (`kaiming_normal_(mode="fan_out", nonlinearity="relu")` for convolutions,
-//! BatchNorm γ=1 β=0, `nn.Linear`'s default U(±1/√fan_in) for the head; torchvision's default
-//! `zero_init_residual=False`, so the last BatchNorm of a block is not zeroed).
-use sorbier::arch::{ConvBn, ResNetSpec};
+//! ResNets follow torchvision `models/resnet.py` (He et al. 2016, v1.5); EfficientNet-Lite
+//! follows `efficientnet-lite-pytorch` (TensorFlow's `efficientnet_lite_builder.py`): ReLU6,
+//! depthwise convolutions, TensorFlow "SAME" padding (asymmetric on stride-2 layers, computed
+//! from the input size as `Conv2dDynamicSamePadding` does), BatchNorm eps 1e-3 and momentum
+//! 0.01, and stochastic depth ("drop connect") on the residual branches while training.
+//!
+//! Initialisation as torchvision's ResNet: `kaiming_normal_(mode="fan_out",
+//! nonlinearity="relu")` for convolutions, BatchNorm γ=1 β=0, `nn.Linear`'s default
+//! U(±1/√fan_in) for the head; torchvision's default `zero_init_residual=False`.
+use sorbier::arch::{Act, BlockSpec, ConvBn, NetSpec, Padding, Pool, Shortcut};
 use tch::nn::{self, init::FanInOut, init::NonLinearity, init::NormalOrUniform, Init, ModuleT};
 use tch::Tensor;
 
-/// Optimizer group of the variables that take weight decay (convolution and `fc` weights).
+/// Optimizer group of the variables that take weight decay (convolution and classifier weights).
 pub const DECAY_GROUP: usize = 0;
-/// Optimizer group of BatchNorm γ/β and the `fc` bias, which by common practice (timm's
-/// `param_groups_weight_decay`) take no weight decay. Use with
-/// `tch::nn::Optimizer::set_weight_decay_group(NO_DECAY_GROUP, 0.0)`.
+/// Optimizer group of BatchNorm γ/β and the classifier bias, which by common practice (timm's
+/// `param_groups_weight_decay`) take no weight decay.
 pub const NO_DECAY_GROUP: usize = 1;
 
 const CONV_INIT: Init =
     Init::Kaiming { dist: NormalOrUniform::Normal, fan: FanInOut::FanOut, non_linearity: NonLinearity::ReLU };
 
-/// Descends a dotted torchvision name (`layer1.0.conv1`) one component at a time, since a
+/// Descends a dotted PyTorch name (`layer1.0.conv1`) one component at a time, since a
 /// `tch` path component may not contain a dot.
 fn sub_path<'a>(root: &nn::Path<'a>, dotted: &str) -> nn::Path<'a> {
     dotted.split('.').fold(root.clone(), |p, part| p.sub(part))
 }
 
-/// A convolution without bias followed by BatchNorm (ReLU is applied by the caller).
+fn activate(x: Tensor, act: Act) -> Tensor {
+    let mut x = x;
+    match act {
+        Act::Identity => x,
+        // In place on a BatchNorm output or a sum, as torchvision's `inplace=True`.
+        Act::Relu => x.relu_(),
+        Act::Relu6 => x.relu6_(),
+    }
+}
+
+/// A convolution without bias, BatchNorm and the activation.
 #[derive(Debug)]
 struct ConvBnLayer {
     conv: nn::Conv2D,
     bn: nn::BatchNorm,
+    padding: Padding,
+    kernel: i64,
+    stride: i64,
+    groups: i64,
+    act: Act,
 }
 
 impl ConvBnLayer {
     fn new(root: &nn::Path, cb: &ConvBn) -> Self {
         let conv_cfg = nn::ConvConfig {
             stride: cb.stride as i64,
-            padding: cb.padding as i64,
+            padding: match cb.padding {
+                Padding::Symmetric(p) => p as i64,
+                Padding::TfSame => 0, // applied in forward_t, from the input size
+            },
+            groups: cb.groups as i64,
             bias: false,
             ws_init: CONV_INIT,
             ..Default::default()
@@ -51,100 +74,137 @@ impl ConvBnLayer {
             conv_cfg,
         );
         let bn_cfg = nn::BatchNormConfig {
-            eps: 1e-5,
-            momentum: 0.1,
+            eps: cb.bn_eps,
+            momentum: cb.bn_momentum,
             ws_init: Init::Const(1.0),
             bs_init: Init::Const(0.0),
             ..Default::default()
         };
         let bn = nn::batch_norm2d(sub_path(&root.set_group(NO_DECAY_GROUP), &cb.bn), cb.out_channels as i64, bn_cfg);
-        ConvBnLayer { conv, bn }
+        ConvBnLayer { conv, bn, padding: cb.padding, kernel: cb.kernel as i64, stride: cb.stride as i64, groups: cb.groups as i64, act: cb.act }
     }
 
+    /// # Shapes
+    /// `[N, in, H, W]` → `[N, out, H', W']`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply(&self.conv).apply_t(&self.bn, train)
+        let y = match self.padding {
+            Padding::Symmetric(_) => xs.apply(&self.conv),
+            Padding::TfSame => {
+                let size = xs.size();
+                let pads = |input: i64| {
+                    let out = (input + self.stride - 1) / self.stride;
+                    let total = ((out - 1) * self.stride + self.kernel - input).max(0);
+                    (total / 2, total - total / 2)
+                };
+                let ((top, bottom), (left, right)) = (pads(size[2]), pads(size[3]));
+                if top == bottom && left == right {
+                    xs.conv2d(&self.conv.ws, None::<Tensor>, [self.stride], [top, left], [1], self.groups)
+                } else {
+                    xs.constant_pad_nd([left, right, top, bottom]).conv2d(&self.conv.ws, None::<Tensor>, [self.stride], [0], [1], self.groups)
+                }
+            }
+        };
+        activate(y.apply_t(&self.bn, train), self.act)
     }
 }
 
 #[derive(Debug)]
 struct Block {
     convs: Vec<ConvBnLayer>,
-    downsample: Option<ConvBnLayer>,
+    /// None: no sum (a block that changes shape without a projection).
+    shortcut: Option<Option<ConvBnLayer>>,
+    act: Act,
+    depth: f64,
 }
 
 impl Block {
-    /// `relu(convs(x) + shortcut(x))`, ReLU after every conv but the last.
-    ///
-    /// The ReLUs and the residual add work in place on the BatchNorm outputs, as torchvision's
-    /// `inplace=True` ReLU and `out += identity` do (BatchNorm's backward does not need its
-    /// output): fewer allocations and one memory pass less per op, about 5% of a CPU training
-    /// step. Autograd checks every in-place use, so a mistake here is an error, not a wrong
-    /// gradient.
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let last = self.convs.len().saturating_sub(1);
-        let mut ys = xs.shallow_clone();
-        for (i, layer) in self.convs.iter().enumerate() {
-            ys = layer.forward_t(&ys, train);
-            if i < last {
-                ys = ys.relu_();
-            }
+    fn new(vs: &nn::Path, b: &BlockSpec) -> Self {
+        Block {
+            convs: b.convs.iter().map(|cb| ConvBnLayer::new(vs, cb)).collect(),
+            shortcut: match &b.shortcut {
+                Shortcut::None => None,
+                Shortcut::Identity => Some(None),
+                Shortcut::Conv(cb) => Some(Some(ConvBnLayer::new(vs, cb))),
+            },
+            act: b.act,
+            depth: b.depth,
         }
-        let shortcut = match &self.downsample {
+    }
+
+    /// `act(convs(x) + shortcut(x))`, the residual branch dropped per sample with probability
+    /// `drop_path · depth` while training (stochastic depth, Huang et al. 2016, as
+    /// efficientnet_pytorch's `drop_connect`: kept samples are scaled by 1/keep).
+    fn forward_t(&self, xs: &Tensor, train: bool, drop_path: f64) -> Tensor {
+        let mut ys = xs.shallow_clone();
+        for layer in &self.convs {
+            ys = layer.forward_t(&ys, train);
+        }
+        let Some(shortcut) = &self.shortcut else {
+            return ys;
+        };
+        let p = drop_path * self.depth;
+        if train && p > 0.0 {
+            let keep = 1.0 - p;
+            let mask = (Tensor::rand([ys.size()[0], 1, 1, 1], (ys.kind(), ys.device())) + keep).floor_();
+            ys = ys / keep * mask;
+        }
+        let shortcut = match shortcut {
             Some(ds) => ds.forward_t(xs, train),
             None => xs.shallow_clone(),
         };
         let _ = ys.g_add_(&shortcut);
-        ys.relu_()
+        activate(ys, self.act)
     }
 }
 
-/// A torchvision-compatible ResNet whose variables live in a `tch` `VarStore`.
+/// A network of [`sorbier::arch`] with its classifier, on libtorch.
 #[derive(Debug)]
-pub struct ResNet {
-    spec: ResNetSpec,
+pub struct Net {
+    spec: NetSpec,
     stem: ConvBnLayer,
+    stem_pool: Option<Pool>,
     blocks: Vec<Block>,
+    head: Option<ConvBnLayer>,
     fc: nn::Linear,
     dropout: f64,
+    drop_path: f64,
     frozen_backbone: bool,
 }
 
-impl ResNet {
-    /// Creates the variables under `vs` (normally the `VarStore`'s root, so that names are
-    /// torchvision's) with torchvision's random initialisation. `dropout` is the probability
-    /// applied to the pooled features before `fc` in training (0 = torchvision's model).
-    ///
-    /// Conv and `fc` weights go to optimizer group [`DECAY_GROUP`], BatchNorm γ/β and `fc.bias`
-    /// to [`NO_DECAY_GROUP`].
-    pub fn new(vs: &nn::Path, spec: &ResNetSpec, dropout: f64) -> ResNet {
+impl Net {
+    /// Creates every variable of `spec` under `vs` (names as [`NetSpec::tensors`]), with
+    /// `dropout` before the classifier and no stochastic depth ([`Net::with_drop_path`]).
+    pub fn new(vs: &nn::Path, spec: &NetSpec, dropout: f64) -> Net {
         let stem = ConvBnLayer::new(vs, &spec.stem);
-        let blocks = spec
-            .blocks
-            .iter()
-            .map(|b| Block {
-                convs: b.convs.iter().map(|cb| ConvBnLayer::new(vs, cb)).collect(),
-                downsample: b.downsample.as_ref().map(|cb| ConvBnLayer::new(vs, cb)),
-            })
-            .collect();
-        let fc_path = vs.sub("fc");
+        let blocks = spec.blocks.iter().map(|b| Block::new(vs, b)).collect();
+        let head = spec.head.as_ref().map(|cb| ConvBnLayer::new(vs, cb));
+        let fc_path = vs.sub(&spec.classifier);
         let (fan_in, classes) = (spec.feature_dim as i64, spec.num_classes as i64);
-        // nn.Linear.reset_parameters: kaiming_uniform(a=√5) on the weight is U(±1/√fan_in),
-        // and the bias uses the same bound.
         let bound = 1.0 / (fan_in as f64).sqrt();
         let init = Init::Uniform { lo: -bound, up: bound };
         let ws = fc_path.set_group(DECAY_GROUP).var("weight", &[classes, fan_in], init);
         let bs = fc_path.set_group(NO_DECAY_GROUP).var("bias", &[classes], init);
-        ResNet {
+        Net {
             spec: spec.clone(),
             stem,
+            stem_pool: spec.stem_pool,
             blocks,
+            head,
             fc: nn::Linear { ws, bs: Some(bs) },
             dropout,
+            drop_path: 0.0,
             frozen_backbone: false,
         }
     }
 
-    pub fn spec(&self) -> &ResNetSpec {
+    /// Stochastic depth: the last block's residual branch is dropped with probability `rate`
+    /// while training, earlier blocks' in proportion to their depth.
+    pub fn with_drop_path(mut self, rate: f64) -> Net {
+        self.drop_path = rate;
+        self
+    }
+
+    pub fn spec(&self) -> &NetSpec {
         &self.spec
     }
 
@@ -156,9 +216,8 @@ impl ResNet {
         self.dropout
     }
 
-    /// Feature-extraction mode: the backbone always runs as in eval (BatchNorm uses and keeps
-    /// its running statistics) and without autograd; only dropout and `fc` see `train`.
-    /// Pair with [`freeze_backbone`] so the optimizer leaves the backbone's weights alone.
+    /// Feature extraction: the backbone runs in eval mode (BatchNorm uses and keeps its
+    /// running statistics) and without autograd; only the classifier trains.
     pub fn set_frozen_backbone(&mut self, frozen: bool) {
         self.frozen_backbone = frozen;
     }
@@ -167,24 +226,27 @@ impl ResNet {
         self.frozen_backbone
     }
 
-    /// The pooled backbone features, before dropout and `fc`.
-    ///
     /// # Shapes
-    /// `xs`: N×3×H×W float (normalised) → N×`feature_dim` (512 for ResNet-18/34, 2048 above).
+    /// `[N, 3, H, W]` → pooled features `[N, feature_dim]`.
     pub fn features_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        // H/2 (strided 7×7 conv), then H/4 (3×3 max-pool, stride 2, padding 1).
-        let mut ys = self.stem.forward_t(xs, train).relu_().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        for block in &self.blocks {
-            ys = block.forward_t(&ys, train);
+        let mut ys = self.stem.forward_t(xs, train);
+        if let Some(p) = &self.stem_pool {
+            let (k, s, pad) = (p.kernel as i64, p.stride as i64, p.padding as i64);
+            ys = ys.max_pool2d([k, k], [s, s], [pad, pad], [1, 1], false);
         }
-        // N×C×h×w → N×C×1×1 → N×C
+        for block in &self.blocks {
+            ys = block.forward_t(&ys, train, self.drop_path);
+        }
+        if let Some(head) = &self.head {
+            ys = head.forward_t(&ys, train);
+        }
         ys.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
 }
 
-impl ModuleT for ResNet {
+impl ModuleT for Net {
     /// # Shapes
-    /// `xs`: N×3×H×W float (normalised) → logits N×`num_classes`.
+    /// `[N, 3, H, W]` → logits `[N, num_classes]`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let features = if self.frozen_backbone {
             tch::no_grad(|| self.features_t(xs, false))
@@ -196,12 +258,12 @@ impl ModuleT for ResNet {
     }
 }
 
-/// Stops gradients for every variable outside the head (`fc.*`), for feature extraction.
-/// Returns how many tensors were frozen. The optimizer skips variables without a gradient.
-pub fn freeze_backbone(vs: &nn::VarStore) -> usize {
+/// Freezes every variable but the classifier's (for `--mode feature-extract`); returns how
+/// many were frozen.
+pub fn freeze_backbone(vs: &nn::VarStore, spec: &NetSpec) -> usize {
     let mut frozen = 0;
     for (name, var) in vs.variables() {
-        if !name.starts_with("fc.") && var.requires_grad() {
+        if !spec.is_classifier(&name) && var.requires_grad() {
             let _ = var.set_requires_grad(false);
             frozen += 1;
         }
@@ -209,17 +271,15 @@ pub fn freeze_backbone(vs: &nn::VarStore) -> usize {
     frozen
 }
 
-/// The trainable variables' names split as the optimizer groups are: weights that take decay,
-/// and norm/bias vectors that do not. Both sorted.
+/// Names of the trainable variables, split into weight-decay groups.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ParamGroups {
     pub decay: Vec<String>,
     pub no_decay: Vec<String>,
 }
 
-/// Names of the variables that currently require gradients (frozen ones and BatchNorm
-/// running statistics excluded), split by timm's rule: 1-D tensors (norm γ/β, biases) take no
-/// weight decay. This matches [`DECAY_GROUP`]/[`NO_DECAY_GROUP`] for a [`ResNet`].
+/// The trainable variables of `vs`: matrices and kernels take weight decay, 1-D tensors
+/// (BatchNorm γ/β, biases) do not.
 pub fn trainable_params(vs: &nn::VarStore) -> ParamGroups {
     let mut groups = ParamGroups::default();
     for (name, var) in vs.variables() {
@@ -244,9 +304,9 @@ mod tests {
     use std::collections::BTreeMap;
     use tch::{Device, Kind};
 
-    fn build(arch: Arch, classes: usize) -> (nn::VarStore, ResNet) {
+    fn build(arch: Arch, classes: usize) -> (nn::VarStore, Net) {
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = ResNet::new(&vs.root(), &arch.spec(classes), 0.0);
+        let model = Net::new(&vs.root(), &arch.spec(classes), 0.0);
         (vs, model)
     }
 
@@ -324,7 +384,7 @@ mod tests {
         let moved = stats(&vs);
         assert!(!moved.0.allclose(&before.0, 0.0, 0.0, false));
 
-        assert_eq!(freeze_backbone(&vs), 60);
+        assert_eq!(freeze_backbone(&vs, model.spec()), 60);
         model.set_frozen_backbone(true);
         let loss = model.forward_t(&x, true).pow_tensor_scalar(2).mean(Kind::Float);
         loss.backward();
