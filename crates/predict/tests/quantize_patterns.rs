@@ -447,7 +447,7 @@ fn float16_and_already_quantised_graphs_are_refused() {
 fn every_exported_resnet_fuses_completely() {
     let dir = tempfile::tempdir().unwrap();
     let classes: Vec<String> = (0..CLASSES).map(|i| format!("c{i}")).collect();
-    for arch in sorbier::arch::Arch::ALL {
+    for arch in sorbier::arch::Arch::RESNETS {
         let path = dir.path().join(format!("{}.onnx", arch.name()));
         make_arch_model(&path, arch, &classes, 32, 5, false);
         let m = sorbier::export::read_model(&path).unwrap();
@@ -458,5 +458,27 @@ fn every_exported_resnet_fuses_completely() {
         assert_eq!((fused.int8_convs(), fused.float_convs()), (count(&m, "Conv"), 0), "{arch}: {:?}", fused.ops);
         assert_eq!(fused.count("QLinearAdd"), count(&m, "Add"), "{arch}: {:?}", fused.ops);
         assert_eq!(plan.counts()["Relu (folded)"], count(&m, "Relu"), "{arch}: every ReLU folded");
+    }
+}
+
+/// EfficientNet-Lite (depthwise convs, ReLU6 as Clip, identity-shortcut Adds, no activation
+/// after the projection conv) fuses completely too: every conv int8, every Add a QLinearAdd,
+/// every Clip folded into the conv before it.
+#[test]
+fn exported_efficientnet_lite_fuses_completely() {
+    let dir = tempfile::tempdir().unwrap();
+    let classes: Vec<String> = (0..CLASSES).map(|i| format!("c{i}")).collect();
+    for arch in [sorbier::arch::Arch::EfficientnetLite0, sorbier::arch::Arch::EfficientnetLite2] {
+        let path = dir.path().join(format!("{}.onnx", arch.name()));
+        make_arch_model(&path, arch, &classes, 32, 5, false);
+        let m = sorbier::export::read_model(&path).unwrap();
+        assert!(count(&m, "Clip") > 0 && count(&m, "Relu") == 0, "{arch}: ReLU6 is exported as Clip");
+        let plan = Plan::new(&m).unwrap();
+        let q = rewrite(&m, &plan, &synthetic_ranges(&plan), ActivationType::Uint8).unwrap();
+        let fused = fusion::optimized(runtime(), &prost::Message::encode_to_vec(&q)).unwrap();
+        fused.check(&plan.counts(), &Fusion::of(&m)).unwrap();
+        assert_eq!((fused.int8_convs(), fused.float_convs()), (count(&m, "Conv"), 0), "{arch}: {:?}", fused.ops);
+        assert_eq!(fused.count("QLinearAdd"), count(&m, "Add"), "{arch}: {:?}", fused.ops);
+        assert_eq!(plan.counts().get("Clip (folded)").copied().unwrap_or(0), count(&m, "Clip"), "{arch}: every Clip folded: {:?}", plan.counts());
     }
 }
