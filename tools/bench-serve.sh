@@ -6,5 +6,5 @@
 # Extra arguments go to the benchmark, e.g. `--clients 16 --seconds 20 --arch resnet50`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p sorbier-predict --bin predictor --example bench_serve
-exec target/release/examples/bench_serve "$@"
+cargo build --release -p sorbier-predict --bin predictor
+exec cargo run --release -p sorbier-predict --example bench_serve -- "$@"

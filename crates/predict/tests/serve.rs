@@ -485,3 +485,31 @@ fn bad_options_are_refused_with_a_message() {
     let o = run(&["serve", "--model", s(&missing)]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("does not exist"));
 }
+
+/// A lone request does not wait out `--max-delay-ms` for company that cannot come (nothing else
+/// is admitted): with a 3 s delay its time in the queue stays far below it. Requests sent
+/// together, which do wait for each other, all get their complete answers.
+#[test]
+fn a_lone_request_is_not_held_for_the_batching_delay() {
+    let f = fixtures();
+    let server = Server::start(&args(&[&f.a], &["--max-delay-ms", "3000"]));
+    let good = photo("t0000.jpg");
+    for _ in 0..3 {
+        let v = server.identify(&good, "").json();
+        let queue = v["timing_ms"]["queue"].as_f64().unwrap();
+        assert!(queue < 1500.0, "a lone request waited {queue} ms for a batch: {v}");
+        assert_eq!(v["batch_size"], 1, "{v}");
+    }
+    // Two photos in one multipart request are one job; four such requests at once are four
+    // jobs that the batcher may merge (within the 3 s): every answer is complete.
+    let (ct, form) = multipart(&[("images", Some("a.jpg"), &good), ("images", Some("b.jpg"), &good)]);
+    let answers: Vec<server::Resp> = std::thread::scope(|scope| {
+        let hs: Vec<_> = (0..4).map(|_| scope.spawn(|| server.post("/v1/identify", &ct, &form))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["images"].as_array().unwrap().len(), 2);
+    }
+    assert!(server.stop().success());
+}

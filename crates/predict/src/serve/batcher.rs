@@ -4,14 +4,16 @@
 //! channel.
 //!
 //! Batching follows Triton's dynamic batcher: a batch closes when it holds `max_batch` images
-//! or when `max_delay` has passed since its oldest job was submitted, whichever comes first;
+//! or when `max_delay` has passed since its oldest job was submitted, whichever comes first —
+//! and, unlike Triton, at once when no other admitted image is still being decoded (a lone
+//! client's request never waits out the delay for company that cannot come);
 //! jobs are never split across rounds unless one alone is larger than `max_batch` (then it
 //! runs in chunks). While a batch runs, the next requests are decoded on the worker pool, as
 //! `predict` overlaps decoding with inference. Batches go through
 //! [`Ensemble::forward_prepared`] and [`weighted_mean`], the code `predict` runs, so a served
 //! row equals the `predict` row for the same image.
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -147,10 +149,17 @@ impl Worker {
             let mut images = first.items.len();
             let mut round = vec![first];
             while images < self.cfg.max_batch {
-                // Past the deadline, jobs already waiting still join (no waiting for more).
-                let next = match deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
-                    Some(wait) => rx.recv_timeout(wait).map_err(|e| matches!(e, RecvTimeoutError::Disconnected)),
-                    None => rx.try_recv().map_err(|e| matches!(e, TryRecvError::Disconnected)),
+                // Jobs already waiting always join; past the deadline nothing more is waited for,
+                // nor when every image admitted into the server is already in this round (none is
+                // being decoded that could join it: waiting would only add latency).
+                let next = match rx.try_recv() {
+                    Ok(job) => Ok(job),
+                    Err(TryRecvError::Disconnected) => Err(()),
+                    Err(TryRecvError::Empty) if self.metrics.in_flight.get() <= images as i64 => Err(()),
+                    Err(TryRecvError::Empty) => match deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+                        Some(wait) => rx.recv_timeout(wait).map_err(|_| ()),
+                        None => Err(()),
+                    },
                 };
                 let Ok(job) = next else { break };
                 if images + job.items.len() > self.cfg.max_batch {

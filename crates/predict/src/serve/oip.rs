@@ -203,12 +203,14 @@ fn flatten_numbers(v: &Value, out: &mut Vec<f32>) -> Result<(), ApiError> {
 }
 
 pub async fn infer(State(state): State<Arc<AppState>>, Path(path): Path<ModelPath>, req: Request) -> Result<Response, ApiError> {
+    // The body is read before anything can be refused: an answer sent while the client is
+    // still writing would reach it as a reset connection instead of the message.
+    let (parts, body) = read_body(req, state.limits.max_body).await?;
     let model = state.model(&path)?.clone();
-    let header_len = match req.headers().get(HEADER_LENGTH) {
+    let header_len = match parts.headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| ApiError::bad_request(format!("{HEADER_LENGTH} must be a byte count, got {v:?}")))?),
     };
-    let (_, body) = read_body(req, state.limits.max_body).await?;
     let split = header_len.unwrap_or(body.len());
     if split > body.len() {
         return Err(ApiError::bad_request(format!("{HEADER_LENGTH} is {split} but the body has only {} bytes", body.len())));
