@@ -16,6 +16,11 @@
 //! strict mode, so a truncated file is an error like Pillow's "image file is truncated" rather
 //! than an image padded with grey; a complete file with minor stream damage (which libjpeg
 //! only warns about) is retried leniently.
+//!
+//! Decompression bombs: the pixel count the header claims is checked before any pixel buffer
+//! is allocated (a 2 KB PNG can claim 50,000 × 50,000 pixels, 7.5 GB of RGB). The default limit
+//! is Pillow's, which refuses images above `2 × Image.MAX_IMAGE_PIXELS` with a
+//! `DecompressionBombError`; [`decode_rgb_limited`] takes another.
 use std::io::Cursor;
 use std::path::Path;
 
@@ -26,6 +31,9 @@ use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 
+/// Pillow's decompression-bomb limit: `2 × Image.MAX_IMAGE_PIXELS` (89,478,485) pixels.
+pub const DEFAULT_MAX_PIXELS: u64 = 2 * 89_478_485;
+
 /// Reads and decodes `path` to upright 8-bit RGB.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
@@ -33,20 +41,36 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
 }
 
 /// Decodes an in-memory image file to upright 8-bit RGB; `name` (usually the path) is used in
-/// error messages.
+/// error messages. Images above [`DEFAULT_MAX_PIXELS`] are refused from their header.
 pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
-    decode_inner(bytes).with_context(|| format!("cannot decode image {name}"))
+    decode_rgb_limited(bytes, name, DEFAULT_MAX_PIXELS)
 }
 
-fn decode_inner(bytes: &[u8]) -> Result<RgbImage> {
+/// [`decode_rgb`], refusing images whose header claims more than `max_pixels` pixels before
+/// anything the size of the image is allocated.
+pub fn decode_rgb_limited(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage> {
+    decode_inner(bytes, max_pixels).with_context(|| format!("cannot decode image {name}"))
+}
+
+/// Refuses a `w × h` image above `max_pixels`.
+fn check_pixels(w: u64, h: u64, max_pixels: u64) -> Result<()> {
+    if w.saturating_mul(h) > max_pixels {
+        bail!("the image claims {w} × {h} = {} pixels, more than the limit of {max_pixels} (a decompression bomb?)", w.saturating_mul(h));
+    }
+    Ok(())
+}
+
+fn decode_inner(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     if bytes.is_empty() {
         bail!("the file is empty");
     }
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
     match reader.format() {
-        Some(ImageFormat::Jpeg) => decode_jpeg(bytes),
+        Some(ImageFormat::Jpeg) => decode_jpeg(bytes, max_pixels),
         Some(_) => {
             let mut decoder = reader.into_decoder()?;
+            let (w, h) = decoder.dimensions();
+            check_pixels(w as u64, h as u64, max_pixels)?;
             let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
             let mut img = DynamicImage::from_decoder(decoder)?;
             img.apply_orientation(orientation);
@@ -64,8 +88,8 @@ fn to_rgb8(img: DynamicImage) -> RgbImage {
     }
 }
 
-fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
-    match decode_jpeg_with(bytes, true) {
+fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
+    match decode_jpeg_with(bytes, true, max_pixels) {
         Ok(img) => Ok(img),
         Err(strict_err) => {
             // Truncation is an error, as in Pillow; other stream damage in a file that ends
@@ -74,7 +98,7 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
             if msg.contains("premature") || msg.contains("end of") || msg.contains("eof") || !ends_with_eoi(bytes) {
                 return Err(strict_err);
             }
-            decode_jpeg_with(bytes, false).map_err(|_| strict_err)
+            decode_jpeg_with(bytes, false, max_pixels).map_err(|_| strict_err)
         }
     }
 }
@@ -85,7 +109,7 @@ fn ends_with_eoi(bytes: &[u8]) -> bool {
     tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
-fn decode_jpeg_with(bytes: &[u8], strict: bool) -> Result<RgbImage> {
+fn decode_jpeg_with(bytes: &[u8], strict: bool, max_pixels: u64) -> Result<RgbImage> {
     let options = DecoderOptions::default()
         .set_strict_mode(strict)
         .set_max_width(usize::MAX)
@@ -94,6 +118,7 @@ fn decode_jpeg_with(bytes: &[u8], strict: bool) -> Result<RgbImage> {
     dec.decode_headers().map_err(|e| anyhow!("JPEG: {e:?}"))?;
     let input = dec.input_colorspace().ok_or_else(|| anyhow!("JPEG: headers not decoded"))?;
     let (w, h) = dec.dimensions().ok_or_else(|| anyhow!("JPEG: headers not decoded"))?;
+    check_pixels(w as u64, h as u64, max_pixels)?;
     let orientation = dec.exif().and_then(|e| Orientation::from_exif_chunk(e)).unwrap_or(Orientation::NoTransforms);
     let gray = matches!(input, ColorSpace::Luma | ColorSpace::LumaA);
     let out_cs = if gray { ColorSpace::Luma } else { ColorSpace::RGB };
@@ -268,6 +293,28 @@ mod tests {
         }
         let missing = dir.path().join("missing.jpg");
         assert!(format!("{:#}", load_rgb(&missing).unwrap_err()).contains("missing.jpg"));
+    }
+
+    /// Files whose headers claim 50,000 × 50,000 pixels (tests/corpus/bombs: a PNG of 69 bytes
+    /// with a valid IHDR, and the corpus's rgb.jpg with its SOF0 size patched), refused from
+    /// the header as Pillow refuses them (`DecompressionBombError` above the same limit).
+    #[test]
+    fn decompression_bombs_are_refused_from_the_header() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/bombs");
+        for name in ["png_50000x50000.png", "jpeg_50000x50000.jpg"] {
+            let bytes = std::fs::read(dir.join(name)).unwrap();
+            let msg = format!("{:#}", decode_rgb(&bytes, name).unwrap_err());
+            assert!(msg.contains(name) && msg.contains("50000 × 50000 = 2500000000 pixels") && msg.contains("178956970"), "{msg}");
+        }
+        // A smaller limit applies to ordinary files too; the limit itself is allowed.
+        let mut v = Vec::new();
+        RgbImage::new(40, 30).write_to(&mut Cursor::new(&mut v), ImageFormat::Png).unwrap();
+        assert!(decode_rgb_limited(&v, "x.png", 1200).is_ok());
+        let msg = format!("{:#}", decode_rgb_limited(&v, "x.png", 1199).unwrap_err());
+        assert!(msg.contains("40 × 30 = 1200 pixels, more than the limit of 1199"), "{msg}");
+        let jpeg = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/images/rgb.jpg")).unwrap();
+        assert!(decode_rgb_limited(&jpeg, "rgb.jpg", 24 * 16).is_ok());
+        assert!(decode_rgb_limited(&jpeg, "rgb.jpg", 24 * 16 - 1).is_err());
     }
 
     #[test]

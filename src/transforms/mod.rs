@@ -11,7 +11,7 @@ pub mod decode;
 pub mod eval;
 
 pub use augment::{train_into, Augment};
-pub use decode::{decode_rgb, load_rgb};
+pub use decode::{decode_rgb, decode_rgb_limited, load_rgb, DEFAULT_MAX_PIXELS};
 pub use eval::{eval_into, eval_tensor_len};
 
 /// ImageNet channel means (RGB, 0–1 scale), as used by every torchvision pretrained model.

@@ -80,11 +80,16 @@ impl Outputs {
 
     /// Class probabilities of row `i` (softmax of the mean logits, or the mean probabilities).
     pub fn probs(&self, i: usize) -> Vec<f32> {
-        let row = self.mean.row(i);
-        match self.average {
-            Average::Logits => softmax(&row.to_vec()),
-            Average::Probs => row.to_vec(),
-        }
+        probabilities(&self.mean.row(i).to_vec(), self.average)
+    }
+}
+
+/// Class probabilities of one output row in `average` space: the softmax of logits, or the
+/// probabilities as they are.
+pub fn probabilities(row: &[f32], average: Average) -> Vec<f32> {
+    match average {
+        Average::Logits => softmax(row),
+        Average::Probs => row.to_vec(),
     }
 }
 
@@ -268,8 +273,7 @@ impl Ensemble {
             failed.extend(batch.failed.iter().cloned());
             let k = batch.items.len();
             if k > 0 {
-                for (m, member) in self.members.iter_mut().enumerate() {
-                    let acc = member.forward_variants(&batch.tensors[member.preprocess], c, self.average)?;
+                for (m, acc) in self.forward_prepared(&batch.tensors)?.iter().enumerate() {
                     for (row, &i) in acc.rows().into_iter().zip(&batch.items) {
                         members[m].row_mut(i).assign(&row);
                     }
@@ -291,9 +295,29 @@ impl Ensemble {
             images_per_s: if elapsed > 0.0 { n as f64 / elapsed } else { 0.0 },
         })
     }
+
+    /// Every member's output for one prepared batch (`tensors[p][v]`: preprocess `p`, TTA
+    /// variant `v`, `k × 3 × s × s` each, as [`Pipeline`] makes them), TTA-averaged in the
+    /// averaging space: one `k × c` matrix per member. [`Ensemble::run`] and the server both
+    /// run batches through here; [`weighted_mean`] of the result is the ensemble's output.
+    pub fn forward_prepared(&mut self, tensors: &[Vec<ndarray::Array4<f32>>]) -> Result<Vec<Array2<f32>>> {
+        let c = self.classes.len();
+        let average = self.average;
+        self.members.iter_mut().map(|m| m.forward_variants(&tensors[m.preprocess], c, average)).collect()
+    }
+
+    /// The members' weights, in member order.
+    pub fn weights(&self) -> Vec<f64> {
+        self.members.iter().map(|m| m.weight).collect()
+    }
 }
 
 impl Member {
+    /// Name of the model's image input (`input` for models `trainer export` writes).
+    pub fn input_name(&self) -> &str {
+        &self.input
+    }
+
     /// Logits of a `k × 3 × size × size` batch: `k × c`.
     pub fn forward(&mut self, input: ArrayView4<f32>, c: usize) -> Result<Array2<f32>> {
         let path = self.path.display().to_string();

@@ -13,6 +13,7 @@
 //! - [`shard`]: `predict --shard K/N` and `predictor merge`;
 //! - [`blend`]: `predictor blend` of saved logits, without running any model;
 //! - [`fingerprint`]: content hashes of model files and image lists.
+//! - [`serve`]: `predictor serve`, an Open Inference Protocol server with dynamic batching.
 //!
 //! Every model describes itself: class names and preprocessing come only from its metadata
 //! (the model card written by `trainer export`, see [`sorbier::meta`]).
@@ -35,6 +36,7 @@ pub mod quantize;
 pub mod runtime;
 pub mod score;
 pub mod shard;
+pub mod serve;
 pub mod submit;
 pub mod tta;
 

@@ -7,6 +7,10 @@
 //! by the prefetch window even when one image is slow to decode, and dropping the pipeline
 //! stops the workers. A decoder that panics on one image costs that image (reported with its
 //! file name), not the batch.
+//!
+//! The per-image steps ([`guard_decoder`], [`append_views`]) are public: the inference server
+//! (`predictor serve`) runs the same ones on uploaded photos, so a served answer is computed
+//! from the same tensors as the `predict` row for the same file.
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Result};
 use ndarray::Array4;
 use sorbier::data::pool::{OrderedPool, Stop};
+use image::RgbImage;
 use sorbier::transforms::{eval_into, eval_tensor_len, load_rgb, Preprocess};
 
 use crate::tta::{self, Variant};
@@ -75,38 +80,21 @@ fn prepare(paths: &[PathBuf], range: std::ops::Range<usize>, preprocesses: &[Pre
     // Filled flat, image after image, then shaped once the number that loaded is known.
     let mut flat: Vec<Vec<Vec<f32>>> =
         preprocesses.iter().map(|p| variants.iter().map(|_| Vec::with_capacity(cap * eval_tensor_len(p))).collect()).collect();
-    let mut scratch: Vec<Vec<f32>> = preprocesses.iter().map(|p| vec![0.0; eval_tensor_len(p)]).collect();
-    'items: for i in range {
+    let mut scratch = scratch_for(preprocesses);
+    for i in range {
         if stop.is_set() {
             return None;
         }
-        let loaded = catch_unwind(AssertUnwindSafe(|| load_rgb(&paths[i]))).unwrap_or_else(|_| Err(anyhow!("decoder panicked on {}", paths[i].display())));
-        let img = match loaded {
+        let img = match guard_decoder(&paths[i].display(), || load_rgb(&paths[i])) {
             Ok(img) => img,
             Err(e) => {
                 failed.push((i, format!("{e:#}")));
                 continue;
             }
         };
-        for (p, pre) in preprocesses.iter().enumerate() {
-            if let Err(e) = eval_into(&img, pre, &mut scratch[p]) {
-                failed.push((i, format!("{}: {e:#}", paths[i].display())));
-                // Keep every tensor the same length as `items`: undo this item's earlier preprocesses.
-                for q in 0..p {
-                    let len = eval_tensor_len(&preprocesses[q]);
-                    for t in flat[q].iter_mut() {
-                        t.truncate(t.len() - len);
-                    }
-                }
-                continue 'items;
-            }
-            let s = pre.crop as usize;
-            for (v, &variant) in variants.iter().enumerate() {
-                let t = &mut flat[p][v];
-                let start = t.len();
-                t.resize(start + scratch[p].len(), 0.0);
-                tta::apply(variant, &scratch[p], s, &mut t[start..]);
-            }
+        if let Err(e) = append_views(&img, preprocesses, variants, &mut scratch, &mut flat) {
+            failed.push((i, format!("{}: {e:#}", paths[i].display())));
+            continue;
         }
         items.push(i);
     }
@@ -120,6 +108,46 @@ fn prepare(paths: &[PathBuf], range: std::ops::Range<usize>, preprocesses: &[Pre
         })
         .collect::<Result<Vec<Vec<_>>>>();
     Some(tensors.map(|tensors| Prepared { items, failed, tensors }))
+}
+
+/// Runs a decoder, turning a panic into an error naming `name`: a decoder that panics on one
+/// image costs that image, not the batch or the server.
+pub fn guard_decoder(name: &dyn std::fmt::Display, decode: impl FnOnce() -> Result<RgbImage>) -> Result<RgbImage> {
+    catch_unwind(AssertUnwindSafe(decode)).unwrap_or_else(|_| Err(anyhow!("decoder panicked on {name}")))
+}
+
+/// One tensor's worth of workspace per preprocess, for [`append_views`].
+pub fn scratch_for(preprocesses: &[Preprocess]) -> Vec<Vec<f32>> {
+    preprocesses.iter().map(|p| vec![0.0; eval_tensor_len(p)]).collect()
+}
+
+/// Appends the eval tensor of `img` under every preprocess `p`, in every TTA variant `v`, to
+/// `out[p][v]` (CHW float32, image after image) — what `predict` feeds the models, and what
+/// the server feeds them for an uploaded photo. On error nothing is appended.
+pub fn append_views(img: &RgbImage, preprocesses: &[Preprocess], variants: &[Variant], scratch: &mut [Vec<f32>], out: &mut [Vec<Vec<f32>>]) -> Result<()> {
+    for (p, pre) in preprocesses.iter().enumerate() {
+        if let Err(e) = eval_into(img, pre, &mut scratch[p]) {
+            // Keep every tensor the same length as before: undo this image's earlier preprocesses.
+            for (q, done) in preprocesses.iter().enumerate().take(p) {
+                let len = eval_tensor_len(done);
+                for t in out[q].iter_mut() {
+                    t.truncate(t.len() - len);
+                }
+            }
+            return Err(e);
+        }
+        append_variants(&scratch[p], pre.crop as usize, variants, &mut out[p]);
+    }
+    Ok(())
+}
+
+/// Appends every TTA variant of the `3 × s × s` tensor `src` to `out[v]`.
+pub fn append_variants(src: &[f32], s: usize, variants: &[Variant], out: &mut [Vec<f32>]) {
+    for (&variant, t) in variants.iter().zip(out.iter_mut()) {
+        let start = t.len();
+        t.resize(start + src.len(), 0.0);
+        tta::apply(variant, src, s, &mut t[start..]);
+    }
 }
 
 #[cfg(test)]

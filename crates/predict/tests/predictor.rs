@@ -9,6 +9,8 @@ use std::process::Command;
 
 mod common;
 use common::*;
+#[path = "common/server.rs"]
+mod server;
 
 /// Ensemble bookkeeping: `mean` is recomputed here from the saved members in f64 and compared
 /// with the saved f32 mean; both are sums of a few f32 values of magnitude ≲ 10, so the f32
@@ -292,6 +294,22 @@ fn packaged_archive_links_no_libtorch_and_runs_alone_with_an_empty_environment()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(read_csv(&out).len(), names.len() + 1);
+
+    // The same archive serves, from elsewhere, with an empty environment: ready, and the
+    // identification of a photo names the species `predict` wrote for it.
+    let mut cmd = Command::new("env");
+    cmd.args(["-i", s(&exe), "serve", "--model", s(&f.a), "--device", "cpu", "--threads", "1", "--workers", "1"])
+        .args(["--listen", "127.0.0.1:0"])
+        .current_dir(&elsewhere);
+    let server = server::Server::spawn(cmd);
+    assert_eq!(server.get("/v2/health/ready").status, 200, "{}", server.log_text());
+    let rows = read_csv(&out);
+    let (id, want) = (&rows[1][0], &rows[1][1]);
+    let photo = std::fs::read(images.join(id)).unwrap();
+    let r = server.identify(&photo, "?top_k=1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["results"][0]["species"].as_str(), Some(want.as_str()), "{}", r.text());
+    assert!(server.stop().success());
 }
 
 #[test]

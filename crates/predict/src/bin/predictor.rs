@@ -10,6 +10,8 @@ mod cli;
 mod combine;
 #[path = "predictor/quantize.rs"]
 mod quantize;
+#[path = "predictor/serve.rs"]
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "predictor", version, about, long_about = None)]
@@ -34,6 +36,8 @@ enum Command {
     Merge(combine::MergeArgs),
     /// Blend the saved logits of earlier runs into one submission, without running any model.
     Blend(combine::BlendArgs),
+    /// Serve the models over HTTP: Open Inference Protocol (KServe v2) and /v1/identify, with dynamic batching.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => quantize::quantize(&a),
         Command::Merge(a) => combine::merge(&a),
         Command::Blend(a) => combine::blend(&a),
+        Command::Serve(a) => serve::serve(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

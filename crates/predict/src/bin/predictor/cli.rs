@@ -29,8 +29,8 @@ pub struct ModelArgs {
     /// auto (CUDA if it starts, else CPU), cpu, cuda or cuda:N (an error if CUDA cannot start).
     #[arg(long, default_value = "auto")]
     pub device: Device,
-    /// Images per inference batch.
-    #[arg(long, default_value_t = 32)]
+    /// Images per inference batch (serve: the most images in one dynamic batch).
+    #[arg(long, visible_alias = "max-batch", default_value_t = 32)]
     pub batch_size: usize,
     /// ONNX Runtime intra-op threads [default: all cores].
     #[arg(long)]
@@ -41,7 +41,7 @@ pub struct ModelArgs {
     /// ONNX Runtime library (file or folder); else $SORBIER_ORT_LIB, $ORT_DYLIB_PATH, or next to the executable.
     #[arg(long)]
     pub ort_lib: Option<PathBuf>,
-    /// No progress bar.
+    /// No progress bar (serve: no log line per request).
     #[arg(long)]
     pub quiet: bool,
 }

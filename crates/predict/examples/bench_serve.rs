@@ -1,0 +1,381 @@
+//! Load benchmark of `predictor serve` on loopback, beside the batch predictor, in one run:
+//! - batch: the predictor's pipeline over the same photos (`predictor predict`'s images/s) and
+//!   one forward pass of one image (the floor of a single request's latency);
+//! - one client: sequential `POST /v1/identify` requests (raw JPEG bodies), latency;
+//! - N clients: concurrent requests for a fixed time (and at most a fixed number of requests),
+//!   throughput, p50/p95/p99 latency, mean dynamic-batch size (from `/metrics`), errors, and
+//!   the server's peak RSS.
+//!
+//! The model has seeded random weights (speed does not depend on them). Everything stops by
+//! itself; only 127.0.0.1 is used.
+//!
+//! `cargo run --release -p sorbier-predict --example bench_serve -- [--images DIR] [--arch resnet18]
+//!  [--size 224] [--clients 16] [--seconds 20] [--max-requests 20000] [--single 40] [--batch 32]
+//!  [--max-delay-ms 5] [--threads 2] [--workers 2] [--limit N]`
+//! (tools/bench-serve.sh builds the release predictor and runs exactly this).
+fn main() -> anyhow::Result<()> {
+    bench::main()
+}
+
+#[path = "common/mod.rs"]
+mod common;
+
+mod bench {
+    use std::io::{BufRead, BufReader};
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context, Result};
+    use ndarray::Array4;
+    use sorbier::arch::Arch;
+    use sorbier::transforms::Preprocess;
+    use sorbier_predict::ensemble::{Average, Ensemble};
+    use sorbier_predict::pipeline::PipelineConfig;
+    use sorbier_predict::runtime::{Device, Runtime};
+
+    use super::common;
+
+    struct Opts {
+        images: PathBuf,
+        arch: Arch,
+        size: u32,
+        clients: usize,
+        seconds: f64,
+        max_requests: usize,
+        single: usize,
+        batch: usize,
+        max_delay_ms: u64,
+        threads: usize,
+        workers: usize,
+        limit: usize,
+        models: PathBuf,
+    }
+
+    fn parse() -> Result<Opts> {
+        let root = common::root();
+        let mut o = Opts {
+            images: root.join("../shared/data/flowers/test"),
+            arch: Arch::Resnet18,
+            size: 224,
+            clients: 16,
+            seconds: 20.0,
+            max_requests: 20_000,
+            single: 40,
+            batch: 32,
+            max_delay_ms: 5,
+            threads: 2,
+            workers: 2,
+            limit: 0,
+            models: root.join("target/bench-predict"),
+        };
+        for (k, v) in common::options()? {
+            match k.as_str() {
+                "--images" => o.images = v.into(),
+                "--arch" => o.arch = Arch::from_name(&v).with_context(|| format!("unknown arch {v}"))?,
+                "--size" => o.size = v.parse()?,
+                "--clients" => o.clients = v.parse()?,
+                "--seconds" => o.seconds = v.parse()?,
+                "--max-requests" => o.max_requests = v.parse()?,
+                "--single" => o.single = v.parse()?,
+                "--batch" => o.batch = v.parse()?,
+                "--max-delay-ms" => o.max_delay_ms = v.parse()?,
+                "--threads" => o.threads = v.parse()?,
+                "--workers" => o.workers = v.parse()?,
+                "--limit" => o.limit = v.parse()?,
+                "--models" => o.models = v.into(),
+                _ => bail!("unknown option {k}"),
+            }
+        }
+        if o.clients == 0 || o.seconds <= 0.0 || o.max_requests == 0 {
+            bail!("--clients, --seconds and --max-requests must be positive");
+        }
+        Ok(o)
+    }
+
+    /// A `predictor serve` child on 127.0.0.1 (any free port), killed when dropped.
+    struct Server {
+        child: Child,
+        base: String,
+    }
+
+    impl Server {
+        fn start(exe: &PathBuf, args: &[String]) -> Result<Server> {
+            let mut child = Command::new(exe)
+                .arg("serve")
+                .args(args)
+                .args(["--listen", "127.0.0.1:0", "--quiet"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("cannot start {}", exe.display()))?;
+            let stderr = child.stderr.take().context("no stderr")?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let lines = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        let _ = tx.send(addr.to_string());
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            });
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(base) => Ok(Server { child, base }),
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("the server did not start:\n{}", log.lock().unwrap().join("\n"))
+                }
+            }
+        }
+
+        fn peak_rss_mib(&self) -> Result<f64> {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+            let kib: f64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .context("no VmHWM in /proc/PID/status")?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()?;
+            Ok(kib / 1024.0)
+        }
+
+        /// `(sum, count)` of a histogram of `/metrics`.
+        fn histogram(&self, agent: &ureq::Agent, name: &str) -> Result<(f64, f64)> {
+            let text = agent.get(format!("{}/metrics", self.base)).call()?.body_mut().read_to_string()?;
+            let value = |suffix: &str| -> Result<f64> {
+                let key = format!("{name}_{suffix} ");
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&key))
+                    .with_context(|| format!("no {name}_{suffix} in /metrics"))?
+                    .trim()
+                    .parse()
+                    .context("not a number")
+            };
+            Ok((value("sum")?, value("count")?))
+        }
+
+        fn stop(mut self) -> Result<std::process::ExitStatus> {
+            Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+            Ok(self.child.wait()?)
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// One request: its latency, or why it failed.
+    fn identify(agent: &ureq::Agent, url: &str, photo: &[u8]) -> std::result::Result<Duration, String> {
+        let t = Instant::now();
+        match agent.post(url).header("content-type", "image/jpeg").send(photo) {
+            Ok(mut r) => {
+                let status = r.status().as_u16();
+                let body = r.body_mut().read_to_string().unwrap_or_default();
+                if status == 200 && body.contains("\"results\"") {
+                    Ok(t.elapsed())
+                } else {
+                    Err(format!("status {status}: {body}"))
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn percentile(sorted: &[Duration], p: f64) -> f64 {
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[i].as_secs_f64() * 1e3
+    }
+
+    pub fn main() -> Result<()> {
+        let o = parse()?;
+        let root = common::root();
+        let exe = root.join("target/release/predictor");
+        if !exe.exists() {
+            bail!("{} is missing: build it with `cargo build --release --bin predictor` (tools/bench-serve.sh does)", exe.display());
+        }
+        let names = common::images(&o.images, o.limit)?;
+        if names.is_empty() {
+            bail!("no images in {}", o.images.display());
+        }
+        let photos: Arc<Vec<Vec<u8>>> = Arc::new(names.iter().map(std::fs::read).collect::<std::io::Result<_>>()?);
+        let n = names.len();
+        let paths: Arc<[PathBuf]> = names.into();
+        let model = common::random_model(&o.models, o.arch, o.size)?;
+        let cpus = sorbier::data::pool::default_threads();
+        println!(
+            "{n} photos from {}, {} {}px, batch ≤ {}, delay ≤ {} ms, {} ORT threads, {} workers, cpu, {cpus} cores",
+            o.images.display(),
+            o.arch.name(),
+            o.size,
+            o.batch,
+            o.max_delay_ms,
+            o.threads,
+            o.workers
+        );
+
+        // The batch predictor on the same photos, and one image's forward pass.
+        let rt = Runtime::load(None)?;
+        let pre = Preprocess::for_crop(o.size);
+        let cfg = PipelineConfig { batch_size: o.batch, workers: o.workers, prefetch: 2 };
+        let batches = common::decode(&paths, &pre, &cfg)?;
+        let (_, out) = common::throughput(&rt, &model, Device::Cpu, o.threads, &batches, &paths, &cfg)?;
+        let batch_rate = out.images_per_s;
+        let forward_ms = {
+            let mut ens = Ensemble::open(&rt, std::slice::from_ref(&model), None, Average::Logits, Device::Cpu, o.threads)?;
+            let c = ens.classes.len();
+            let one: Array4<f32> = batches[0].slice(ndarray::s![0..1, .., .., ..]).to_owned();
+            ens.members[0].forward(one.view(), c)?;
+            let mut t: Vec<Duration> = (0..10)
+                .map(|_| {
+                    let s = Instant::now();
+                    ens.members[0].forward(one.view(), c).map(|_| s.elapsed())
+                })
+                .collect::<Result<_>>()?;
+            t.sort();
+            percentile(&t, 0.5)
+        };
+        drop(rt);
+        // Decoding and transforming one photo (the rest of a lone request's work), median over
+        // the photos the clients send.
+        let prep_ms = {
+            let mut t: Vec<Duration> = photos
+                .iter()
+                .take(40)
+                .map(|bytes| {
+                    let s = Instant::now();
+                    let img = sorbier::transforms::decode_rgb(bytes, "photo")?;
+                    let mut x = vec![0.0; sorbier::transforms::eval_tensor_len(&pre)];
+                    sorbier::transforms::eval_into(&img, &pre, &mut x)?;
+                    Ok(s.elapsed())
+                })
+                .collect::<Result<_>>()?;
+            t.sort();
+            percentile(&t, 0.5)
+        };
+
+        let args: Vec<String> = [
+            "--model".to_string(),
+            model.display().to_string(),
+            "--device".into(),
+            "cpu".into(),
+            "--threads".into(),
+            o.threads.to_string(),
+            "--workers".into(),
+            o.workers.to_string(),
+            "--max-batch".into(),
+            o.batch.to_string(),
+            "--max-delay-ms".into(),
+            o.max_delay_ms.to_string(),
+            "--max-queue".into(),
+            (o.clients * 4).max(256).to_string(),
+        ]
+        .into();
+        let server = Server::start(&exe, &args)?;
+        let url = format!("{}/v1/identify?top_k=5", server.base);
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60))).build().into();
+
+        // One client: sequential requests after a short warm-up.
+        for p in photos.iter().take(3) {
+            identify(&agent, &url, p).map_err(anyhow::Error::msg).context("warm-up request failed")?;
+        }
+        let mut single: Vec<Duration> = Vec::new();
+        let mut single_errors = 0;
+        for i in 0..o.single {
+            match identify(&agent, &url, &photos[i % n]) {
+                Ok(d) => single.push(d),
+                Err(_) => single_errors += 1,
+            }
+        }
+        single.sort();
+
+        // N clients for a fixed time.
+        let (sum0, count0) = server.histogram(&agent, "sorbier_batch_size")?;
+        let next = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
+        let t = Instant::now();
+        let results: Vec<(Vec<Duration>, Vec<String>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..o.clients)
+                .map(|_| {
+                    let (agent, url, photos, next) = (agent.clone(), url.clone(), photos.clone(), next.clone());
+                    scope.spawn(move || {
+                        let (mut ok, mut errors) = (Vec::new(), Vec::new());
+                        while Instant::now() < deadline {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= o.max_requests {
+                                break;
+                            }
+                            match identify(&agent, &url, &photos[i % photos.len()]) {
+                                Ok(d) => ok.push(d),
+                                Err(e) => errors.push(e),
+                            }
+                        }
+                        (ok, errors)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("client thread panicked")).collect()
+        });
+        let elapsed = t.elapsed().as_secs_f64();
+        let (sum1, count1) = server.histogram(&agent, "sorbier_batch_size")?;
+        let rss = server.peak_rss_mib()?;
+        let mut lat: Vec<Duration> = results.iter().flat_map(|(ok, _)| ok.iter().copied()).collect();
+        lat.sort();
+        let errors: Vec<&String> = results.iter().flat_map(|(_, e)| e.iter()).collect();
+        let status = server.stop()?;
+        let rate = lat.len() as f64 / elapsed;
+        let mean_batch = if count1 > count0 { (sum1 - sum0) / (count1 - count0) } else { f64::NAN };
+
+        println!(
+            "batch predictor (same photos, same threads): {batch_rate:.1} img/s; one image: forward pass {forward_ms:.1} ms, decode + transform {prep_ms:.1} ms"
+        );
+        println!(
+            "{:<12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>10} {:>7} {:>9} {:>10}",
+            "load", "requests", "img/s", "p50 ms", "p95 ms", "p99 ms", "mean batch", "errors", "RSS MiB", "vs batch"
+        );
+        println!(
+            "{:<12} {:>9} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>7} {:>9} {:>10}",
+            "1 client",
+            single.len(),
+            single.len() as f64 / single.iter().map(Duration::as_secs_f64).sum::<f64>(),
+            percentile(&single, 0.5),
+            percentile(&single, 0.95),
+            percentile(&single, 0.99),
+            "-",
+            single_errors,
+            "-",
+            format!("{:.2}× fwd+prep", percentile(&single, 0.5) / (forward_ms + prep_ms))
+        );
+        println!(
+            "{:<12} {:>9} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>9.0} {:>10.2}",
+            format!("{} clients", o.clients),
+            lat.len(),
+            rate,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.95),
+            percentile(&lat, 0.99),
+            mean_batch,
+            errors.len(),
+            rss,
+            rate / batch_rate
+        );
+        if let Some(e) = errors.first() {
+            println!("first error: {e}");
+        }
+        if !status.success() {
+            bail!("the server exited with {status} after SIGTERM");
+        }
+        Ok(())
+    }
+}
