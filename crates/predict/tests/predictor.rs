@@ -192,6 +192,20 @@ fn score_reports_accuracy_and_refuses_missing_or_extra_rows() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("more than once"));
 }
 
+/// Output into a pipe nobody reads (`predictor info F.onnx | head -0`): the process ends on
+/// SIGPIPE, quietly, as Unix tools do — no panic message from println!.
+#[test]
+fn a_closed_stdout_ends_quietly_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let f = fixtures();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(bin()).args(["info", s(&f.b)]).stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.signal(), Some(13), "ended by SIGPIPE: {:?} {err}", o.status);
+}
+
 #[test]
 fn info_prints_io_opset_and_metadata() {
     let f = fixtures();

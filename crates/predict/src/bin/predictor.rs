@@ -41,7 +41,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    if !matches!(command, Command::Serve(_)) {
+        // A closed stdout (`predictor score … | head -1`) ends the process quietly, as it
+        // ends Unix tools, instead of a panic in println!. The server keeps Rust's default
+        // (SIGPIPE ignored): it writes only to sockets and its log.
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let result = match command {
         Command::Predict(a) => cli::predict(&a),
         Command::Evaluate(a) => cli::evaluate(&a),
         Command::Score(a) => cli::score(&a),

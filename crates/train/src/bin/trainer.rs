@@ -29,6 +29,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A closed stdout (`trainer inspect DIR | head`) ends the process quietly, as it ends Unix
+    // tools, instead of a panic in println!. Training commits its checkpoints atomically, so
+    // nothing is lost either way.
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let result = match Cli::parse().command {
         Command::Synth(a) => data::synth(&a),
         Command::Inspect(a) => data::inspect(&a),

@@ -53,5 +53,10 @@ impl ServeArgs {
 }
 
 pub fn serve(args: &ServeArgs) -> Result<()> {
-    serve::run(&args.options(), Arc::new(|line: &str| eprintln!("{line}")), serve::shutdown_signal())
+    // A log line that cannot be written (stderr closed) is dropped; the server goes on.
+    let log = |line: &str| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    };
+    serve::run(&args.options(), Arc::new(log), serve::shutdown_signal())
 }
