@@ -333,6 +333,16 @@ impl NetSpec {
         name.strip_prefix(self.classifier.as_str()).is_some_and(|rest| rest.starts_with('.'))
     }
 
+    /// Learnable parameters (BatchNorm's running statistics excluded), as PyTorch's
+    /// `sum(p.numel() for p in model.parameters())` counts them.
+    pub fn parameter_count(&self) -> usize {
+        self.tensors()
+            .iter()
+            .filter(|(name, _)| !name.ends_with("running_mean") && !name.ends_with("running_var"))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+
     /// Every learnable or buffer tensor, with its PyTorch name and shape
     /// (BatchNorm's `num_batches_tracked` excluded).
     pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {

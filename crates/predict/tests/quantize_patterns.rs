@@ -441,6 +441,18 @@ fn float16_and_already_quantised_graphs_are_refused() {
     assert!(err.contains("layer1.relu"), "{err}");
 }
 
+/// Quantises an exported model with synthetic ranges and checks what ONNX Runtime's optimiser
+/// makes of it: each conv a QLinearConv, each Add a QLinearAdd, no float conv left.
+fn assert_fuses_completely(m: &ModelProto, arch: sorbier::arch::Arch) -> Plan {
+    let plan = Plan::new(m).unwrap();
+    let q = rewrite(m, &plan, &synthetic_ranges(&plan), ActivationType::Uint8).unwrap();
+    let fused = fusion::optimized(runtime(), &prost::Message::encode_to_vec(&q)).unwrap();
+    fused.check(&plan.counts(), &Fusion::of(m)).unwrap();
+    assert_eq!((fused.int8_convs(), fused.float_convs()), (count(m, "Conv"), 0), "{arch}: {:?}", fused.ops);
+    assert_eq!(fused.count("QLinearAdd"), count(m, "Add"), "{arch}: {:?}", fused.ops);
+    plan
+}
+
 /// Every depth the exporter writes (basic and bottleneck blocks, 1×1 downsamples) fuses
 /// completely: each conv a QLinearConv, each Add a QLinearAdd, no float conv left.
 #[test]
@@ -451,12 +463,7 @@ fn every_exported_resnet_fuses_completely() {
         let path = dir.path().join(format!("{}.onnx", arch.name()));
         make_arch_model(&path, arch, &classes, 32, 5, false);
         let m = sorbier::export::read_model(&path).unwrap();
-        let plan = Plan::new(&m).unwrap();
-        let q = rewrite(&m, &plan, &synthetic_ranges(&plan), ActivationType::Uint8).unwrap();
-        let fused = fusion::optimized(runtime(), &prost::Message::encode_to_vec(&q)).unwrap();
-        fused.check(&plan.counts(), &Fusion::of(&m)).unwrap();
-        assert_eq!((fused.int8_convs(), fused.float_convs()), (count(&m, "Conv"), 0), "{arch}: {:?}", fused.ops);
-        assert_eq!(fused.count("QLinearAdd"), count(&m, "Add"), "{arch}: {:?}", fused.ops);
+        let plan = assert_fuses_completely(&m, arch);
         assert_eq!(plan.counts()["Relu (folded)"], count(&m, "Relu"), "{arch}: every ReLU folded");
     }
 }
@@ -473,12 +480,7 @@ fn exported_efficientnet_lite_fuses_completely() {
         make_arch_model(&path, arch, &classes, 32, 5, false);
         let m = sorbier::export::read_model(&path).unwrap();
         assert!(count(&m, "Clip") > 0 && count(&m, "Relu") == 0, "{arch}: ReLU6 is exported as Clip");
-        let plan = Plan::new(&m).unwrap();
-        let q = rewrite(&m, &plan, &synthetic_ranges(&plan), ActivationType::Uint8).unwrap();
-        let fused = fusion::optimized(runtime(), &prost::Message::encode_to_vec(&q)).unwrap();
-        fused.check(&plan.counts(), &Fusion::of(&m)).unwrap();
-        assert_eq!((fused.int8_convs(), fused.float_convs()), (count(&m, "Conv"), 0), "{arch}: {:?}", fused.ops);
-        assert_eq!(fused.count("QLinearAdd"), count(&m, "Add"), "{arch}: {:?}", fused.ops);
+        let plan = assert_fuses_completely(&m, arch);
         assert_eq!(plan.counts().get("Clip (folded)").copied().unwrap_or(0), count(&m, "Clip"), "{arch}: every Clip folded: {:?}", plan.counts());
     }
 }

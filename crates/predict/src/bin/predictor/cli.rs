@@ -12,6 +12,21 @@ use sorbier_predict::{evaluate, info, score, submit, ModelOptions};
 
 /// Models, how to combine them, and where/how to run them (shared by the commands that run
 /// models).
+/// Where ONNX Runtime comes from and how many threads it and the decoders get (every command
+/// that runs a model takes these).
+#[derive(Clone, Debug, clap::Args)]
+pub struct RuntimeArgs {
+    /// ONNX Runtime intra-op threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Decoding/preprocessing threads [default: all cores].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// ONNX Runtime library (file or folder); else $SORBIER_ORT_LIB, $ORT_DYLIB_PATH, or next to the executable.
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+}
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct ModelArgs {
     /// An exported model (.onnx); repeat for an ensemble.
@@ -32,15 +47,8 @@ pub struct ModelArgs {
     /// Images per inference batch (serve: the most images in one dynamic batch).
     #[arg(long, visible_alias = "max-batch", default_value_t = 32)]
     pub batch_size: usize,
-    /// ONNX Runtime intra-op threads [default: all cores].
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Decoding/preprocessing threads [default: all cores].
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// ONNX Runtime library (file or folder); else $SORBIER_ORT_LIB, $ORT_DYLIB_PATH, or next to the executable.
-    #[arg(long)]
-    pub ort_lib: Option<PathBuf>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// No progress bar (serve: no log line per request).
     #[arg(long)]
     pub quiet: bool,
@@ -55,9 +63,9 @@ impl ModelArgs {
             tta: self.tta,
             device: self.device,
             batch_size: self.batch_size,
-            threads: self.threads,
-            workers: self.workers,
-            ort_lib: self.ort_lib.clone(),
+            threads: self.runtime.threads,
+            workers: self.runtime.workers,
+            ort_lib: self.runtime.ort_lib.clone(),
             progress: !self.quiet,
         }
     }

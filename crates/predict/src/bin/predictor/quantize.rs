@@ -33,15 +33,8 @@ pub struct QuantizeArgs {
     /// Images per calibration batch.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// ONNX Runtime intra-op threads [default: all cores].
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Decoding/preprocessing threads [default: all cores].
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// ONNX Runtime library (file or folder); else $SORBIER_ORT_LIB, $ORT_DYLIB_PATH, or next to the executable.
-    #[arg(long)]
-    pub ort_lib: Option<PathBuf>,
+    #[command(flatten)]
+    pub runtime: crate::cli::RuntimeArgs,
     /// Overwrite the output file.
     #[arg(long)]
     pub force: bool,
@@ -58,9 +51,9 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         activations: a.activations,
         seed: a.seed,
         batch_size: a.batch_size,
-        threads: a.threads,
-        workers: a.workers,
-        ort_lib: a.ort_lib.clone(),
+        threads: a.runtime.threads,
+        workers: a.runtime.workers,
+        ort_lib: a.runtime.ort_lib.clone(),
         force: a.force,
         progress: !a.quiet,
         ..QuantizeOptions::new(a.model.clone(), a.calibrate.clone(), a.out.clone())
