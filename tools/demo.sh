@@ -31,7 +31,8 @@ $TRAINER train "$OUT/data" --out "$OUT/run" --arch efficientnet-lite0 --pretrain
   --sampling weighted --device cpu --seed 0
 echo "[demo] 4/6 export"
 $TRAINER export "$OUT/run" -o "$OUT/model.onnx"
-$PREDICTOR info "$OUT/model.onnx" | head -n 20
+$PREDICTOR info "$OUT/model.onnx" > "$OUT/model-info.txt"
+head -n 20 "$OUT/model-info.txt"
 echo "[demo] 5/6 predict"
 $PREDICTOR predict --model "$OUT/model.onnx" --images "$OUT/data/test" \
   --sample-submission "$OUT/data/sample_submission.csv" --out "$OUT/submission.csv" --top-k 3 --quiet
@@ -42,6 +43,6 @@ $PREDICTOR score --submission "$OUT/submission.csv" --solution "$OUT/data/soluti
 echo
 echo "[demo] done in $(( $(date +%s) - T0 )) s. Files written:"
 for f in "$OUT"/inspect/*.png "$OUT"/run/config.json "$OUT"/run/history.csv "$OUT"/run/best.safetensors \
-         "$OUT"/run/*.png "$OUT"/run/report.html "$OUT"/model.onnx "$OUT"/submission.csv; do
+         "$OUT"/run/*.png "$OUT"/run/report.html "$OUT"/model.onnx "$OUT"/model-info.txt "$OUT"/submission.csv; do
   [ -e "$f" ] && echo "  $f"
 done
