@@ -77,7 +77,7 @@ done
 
 "$py" - "$results" <<'PY'
 import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 print()
 print(f"{'engine':<8} {'mode':<16} {'seeds':>5} {'top-1 mean ± sd':>17} {'macro mean':>10} {'train s':>8} {'total s':>8}")
 for mode in dict.fromkeys(r["mode"] for r in rows):
