@@ -4,7 +4,7 @@
 # and worker count. Builds the release example if needed, then prints a table.
 #
 #   tools/bench-train.sh [DATA_DIR] [--arch resnet18] [--size 112] [--batch 32] [--workers 2]
-#                        [--steps 20] [--device cpu] [--channels-last]
+#                        [--steps 20] [--device cpu] [--channels-last] [--bf16] [--drop-path R]
 # PYTORCH_ARGS adds options for the PyTorch side only (e.g. --fused).
 set -euo pipefail
 cd "$(dirname "$0")/.."

