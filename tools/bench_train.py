@@ -30,6 +30,8 @@ p.add_argument("--fused", action="store_true", help="Adam(fused=True), as sorbie
 p.add_argument("--drop-path", type=float, help="EfficientNet-Lite stochastic depth (default: the family's 0.2)")
 p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
 a = p.parse_args()
+if a.drop_path is not None and not a.arch.startswith("efficientnet-lite"):
+    p.error("--drop-path is for EfficientNet-Lite: torchvision's ResNets have no stochastic depth")
 
 torch.manual_seed(0)
 dev = torch.device(a.device)

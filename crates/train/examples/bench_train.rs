@@ -73,6 +73,9 @@ fn main() -> Result<()> {
             _ => data = PathBuf::from(a),
         }
     }
+    if drop_path.is_some() && Arch::RESNETS.contains(&arch) {
+        bail!("--drop-path is for EfficientNet-Lite: the torchvision ResNets of the PyTorch peer have no stochastic depth");
+    }
     let device = select_device(&device)?;
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
