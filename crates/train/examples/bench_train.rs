@@ -50,6 +50,9 @@ impl Bench {
 }
 
 fn main() -> Result<()> {
+    // As the trainer does (SORBIER_MALLOC=default for glibc's own settings).
+    let malloc = sorbier_train::malloc::tune_for_tensors()?;
+    eprintln!("sorbier malloc {malloc:?}");
     let mut data = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("../shared/data/flowers/train");
     let (mut arch, mut size, mut batch, mut workers, mut steps, mut warmup, mut device) = (Arch::Resnet18, 112u32, 32usize, 2usize, 20usize, 3usize, "cpu".to_string());
     let mut channels_last = false;

@@ -27,6 +27,7 @@ mod fit;
 pub mod model;
 pub mod files;
 pub mod loss;
+pub mod malloc;
 pub mod multi_tensor;
 pub mod optim;
 pub mod schedule;

@@ -34,6 +34,12 @@ fn main() -> ExitCode {
     // nothing is lost either way.
     // SAFETY: called first thing in main, before any other thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // Freed tensors stay in the process for the next step instead of being faulted in again
+    // (see sorbier_train::malloc; SORBIER_MALLOC=default keeps glibc's settings).
+    if let Err(e) = sorbier_train::malloc::tune_for_tensors() {
+        eprintln!("Error: {e:?}");
+        return ExitCode::FAILURE;
+    }
     let result = match Cli::parse().command {
         Command::Synth(a) => data::synth(&a),
         Command::Inspect(a) => data::inspect(&a),
