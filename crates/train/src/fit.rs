@@ -31,6 +31,7 @@ use super::loss;
 use super::optim::{self, Optimizer};
 use super::schedule::LrSchedule;
 use super::{Runtime, Sampling, TrainMode, TrainSettings};
+use sorbier::arch::Family;
 use sorbier::data::split::{self, SplitSpec};
 use sorbier::data::{sampler, Batch, Dataset, Loader, LoaderConfig, Mode};
 use sorbier::metrics::{Metrics, MetricsAccumulator};
@@ -241,7 +242,7 @@ impl<'a> Trainer<'a> {
             tch::set_num_threads(t as i32);
         }
         super::check_split(&cfg.split, s)?;
-        let (device, amp) = Self::choose_device(s, rt, &*log)?;
+        let (device, amp) = Self::choose_device(cfg.arch.family(), s, rt, &*log)?;
         if resume {
             if let Some(note) = files::recover(dir)? {
                 log.warn(&format!("{}: {note}", dir.display()));
@@ -301,7 +302,7 @@ impl<'a> Trainer<'a> {
     /// The device and the mixed precision that will really run there — fp16 autocast with
     /// loss scaling on CUDA; bf16 on CUDA or CPU, without scaling — said in the log with
     /// advice for this hardware.
-    fn choose_device(s: &TrainSettings, rt: &Runtime, log: &dyn Log) -> Result<(Device, Option<AmpDtype>)> {
+    fn choose_device(family: Family, s: &TrainSettings, rt: &Runtime, log: &dyn Log) -> Result<(Device, Option<AmpDtype>)> {
         let device = model::select_device(&rt.device)?;
         let amp = match (s.amp, s.amp_dtype) {
             (false, _) => None,
@@ -321,7 +322,7 @@ impl<'a> Trainer<'a> {
             if s.channels_last { " channels-last" } else { "" },
             rt.workers
         ));
-        if let Some(advice) = model::precision_advice(device, amp, s.channels_last, model::cpu_has_native_bf16()) {
+        if let Some(advice) = model::precision_advice(family, device, amp, s.channels_last, model::cpu_has_native_bf16()) {
             log.warn(&advice);
         }
         Ok((device, amp))

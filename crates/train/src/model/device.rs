@@ -4,6 +4,8 @@
 use anyhow::{bail, Context, Result};
 use tch::{Cuda, Device};
 
+use sorbier::arch::Family;
+
 use super::autocast::AmpDtype;
 
 /// Parses a device request. `auto` picks `cuda:0` when libtorch sees a GPU, else the CPU.
@@ -56,16 +58,22 @@ fn cpuinfo_has_native_bf16(cpuinfo: &str) -> bool {
         .is_some_and(|l| l.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
 }
 
-/// What the trainer advises for precision and layout on `device`, given the mixed precision
-/// it will actually run (`amp`, after the fp16-needs-CUDA check) and whether this CPU computes
-/// bf16 natively (None: nothing to add). Measured with `tools/bench-train.sh` (ResNet-18,
-/// 112 px, batch 32, 2 cores with AMX-BF16): fp32 ≈ 69 img/s, bf16 ≈ 105, bf16 + channels-last
-/// ≈ 123 — oneDNN's bf16 convolutions want NHWC.
-pub fn precision_advice(device: Device, amp: Option<AmpDtype>, channels_last: bool, native_bf16: bool) -> Option<String> {
+/// What the trainer advises for precision and layout on `device`, given the architecture
+/// family, the mixed precision it will actually run (`amp`, after the fp16-needs-CUDA check)
+/// and whether this CPU computes bf16 natively (None: nothing to add). Measured with
+/// `tools/bench-train.sh` on 2 cores with AMX-BF16, batch 32: ResNet-18 at 112 px, fp32 ≈ 69
+/// img/s, bf16 ≈ 105, bf16 + channels-last ≈ 123 — oneDNN's bf16 convolutions want NHWC;
+/// EfficientNet-Lite0 at 224 px, fp32 ≈ 17.6, bf16 + channels-last ≈ 19.3 (its depthwise and
+/// narrow 1×1 convolutions gain little from the matrix units).
+pub fn precision_advice(family: Family, device: Device, amp: Option<AmpDtype>, channels_last: bool, native_bf16: bool) -> Option<String> {
     let cl = if channels_last { "" } else { " --channels-last" };
+    let gain = match family {
+        Family::ResNet => "about 1.6-1.8×",
+        Family::EfficientNetLite => "about 1.1×",
+    };
     match (device, amp) {
         (Device::Cpu, None) if native_bf16 => Some(format!(
-            "note: this CPU computes bf16 natively (AVX512-BF16/AMX): --amp --amp-dtype bf16{cl} trains about 1.6-1.8× faster than fp32"
+            "note: this CPU computes bf16 natively (AVX512-BF16/AMX): --amp --amp-dtype bf16{cl} trains {gain} faster than fp32 for this network"
         )),
         (Device::Cpu, Some(AmpDtype::Bf16)) if !native_bf16 => Some(
             "note: this CPU has no native bf16 (neither AVX512-BF16 nor AMX-BF16 in /proc/cpuinfo): bf16 is emulated and usually slower than fp32; drop --amp".into(),
@@ -89,12 +97,14 @@ mod tests {
         assert!(cpuinfo_has_native_bf16("flags : fpu amx_bf16 amx_tile\n"));
         assert!(!cpuinfo_has_native_bf16("flags : fpu avx2 avx512f avx512_vnni\n"));
         let bf16 = Some(AmpDtype::Bf16);
-        assert!(precision_advice(Device::Cpu, None, false, true).is_some_and(|a| a.contains("--amp-dtype bf16 --channels-last")));
-        assert!(precision_advice(Device::Cpu, None, false, false).is_none(), "fp32 is right without native bf16");
-        assert!(precision_advice(Device::Cpu, bf16, false, false).is_some_and(|a| a.contains("emulated")));
-        assert!(precision_advice(Device::Cpu, bf16, false, true).is_some_and(|a| a.contains("--channels-last")));
-        assert!(precision_advice(Device::Cpu, bf16, true, true).is_none(), "nothing to add to the fastest choice");
-        assert!(precision_advice(Device::Cuda(0), bf16, true, false).is_none());
+        assert!(precision_advice(Family::ResNet, Device::Cpu, None, false, true).is_some_and(|a| a.contains("--amp-dtype bf16 --channels-last")));
+        assert!(precision_advice(Family::ResNet, Device::Cpu, None, false, true).is_some_and(|a| a.contains("1.6-1.8×")));
+        assert!(precision_advice(Family::EfficientNetLite, Device::Cpu, None, false, true).is_some_and(|a| a.contains("about 1.1×")));
+        assert!(precision_advice(Family::ResNet, Device::Cpu, None, false, false).is_none(), "fp32 is right without native bf16");
+        assert!(precision_advice(Family::ResNet, Device::Cpu, bf16, false, false).is_some_and(|a| a.contains("emulated")));
+        assert!(precision_advice(Family::ResNet, Device::Cpu, bf16, false, true).is_some_and(|a| a.contains("--channels-last")));
+        assert!(precision_advice(Family::ResNet, Device::Cpu, bf16, true, true).is_none(), "nothing to add to the fastest choice");
+        assert!(precision_advice(Family::ResNet, Device::Cuda(0), bf16, true, false).is_none());
     }
 
     #[test]
