@@ -58,29 +58,43 @@ fn cpuinfo_has_native_bf16(cpuinfo: &str) -> bool {
         .is_some_and(|l| l.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
 }
 
+/// What bf16 and NHWC buy a family on a CPU with native bf16, as `tools/bench-train.sh`
+/// measured them on 2 cores with AMX-BF16, batch 32 (img/s on pre-made tensors).
+struct CpuGains {
+    /// bf16 autocast against fp32, in the layout advised with it.
+    bf16: &'static str,
+    /// `--channels-last` on top of bf16; None where it buys nothing.
+    channels_last: Option<&'static str>,
+}
+
+fn cpu_gains(family: Family) -> CpuGains {
+    match family {
+        // ResNet-18, 112 px: fp32 ≈ 69, bf16 ≈ 105, bf16 + channels-last ≈ 123 (oneDNN's bf16
+        // convolutions run in NHWC).
+        Family::ResNet => CpuGains { bf16: "about 1.6-1.8×", channels_last: Some("about 1.2×") },
+        // EfficientNet-Lite0, 224 px: fp32 ≈ 17.6, bf16 ≈ 19.5, bf16 + channels-last ≈ 19.5
+        // (its depthwise and narrow 1×1 convolutions gain little from the matrix units).
+        Family::EfficientNetLite => CpuGains { bf16: "about 1.1×", channels_last: None },
+    }
+}
+
 /// What the trainer advises for precision and layout on `device`, given the architecture
 /// family, the mixed precision it will actually run (`amp`, after the fp16-needs-CUDA check)
-/// and whether this CPU computes bf16 natively (None: nothing to add). Measured with
-/// `tools/bench-train.sh` on 2 cores with AMX-BF16, batch 32: ResNet-18 at 112 px, fp32 ≈ 69
-/// img/s, bf16 ≈ 105, bf16 + channels-last ≈ 123 — oneDNN's bf16 convolutions want NHWC;
-/// EfficientNet-Lite0 at 224 px, fp32 ≈ 17.6, bf16 + channels-last ≈ 19.3 (its depthwise and
-/// narrow 1×1 convolutions gain little from the matrix units).
+/// and whether this CPU computes bf16 natively (None: nothing to add).
 pub fn precision_advice(family: Family, device: Device, amp: Option<AmpDtype>, channels_last: bool, native_bf16: bool) -> Option<String> {
-    let cl = if channels_last { "" } else { " --channels-last" };
-    let gain = match family {
-        Family::ResNet => "about 1.6-1.8×",
-        Family::EfficientNetLite => "about 1.1×",
-    };
+    let gains = cpu_gains(family);
+    let cl = if channels_last || gains.channels_last.is_none() { "" } else { " --channels-last" };
     match (device, amp) {
         (Device::Cpu, None) if native_bf16 => Some(format!(
-            "note: this CPU computes bf16 natively (AVX512-BF16/AMX): --amp --amp-dtype bf16{cl} trains {gain} faster than fp32 for this network"
+            "note: this CPU computes bf16 natively (AVX512-BF16/AMX): --amp --amp-dtype bf16{cl} trains {} faster than fp32 for this network",
+            gains.bf16
         )),
         (Device::Cpu, Some(AmpDtype::Bf16)) if !native_bf16 => Some(
             "note: this CPU has no native bf16 (neither AVX512-BF16 nor AMX-BF16 in /proc/cpuinfo): bf16 is emulated and usually slower than fp32; drop --amp".into(),
         ),
-        (Device::Cpu, Some(AmpDtype::Bf16)) if !channels_last => {
-            Some("note: with bf16 on this CPU, --channels-last is about 1.2× faster still (oneDNN's bf16 convolutions run in NHWC)".into())
-        }
+        (Device::Cpu, Some(AmpDtype::Bf16)) if !channels_last => gains.channels_last.map(|gain| {
+            format!("note: with bf16 on this CPU, --channels-last is {gain} faster still for this network (oneDNN's bf16 convolutions run in NHWC)")
+        }),
         (Device::Cuda(_), None) => Some("note: on CUDA, --amp (fp16, or --amp-dtype bf16 on Ampere or later) with --channels-last uses the tensor cores".into()),
         (Device::Cuda(_), Some(_)) if !channels_last => Some("note: on CUDA, mixed precision is fastest with --channels-last (cuDNN's tensor-core kernels want NHWC)".into()),
         _ => None,
@@ -99,10 +113,12 @@ mod tests {
         let bf16 = Some(AmpDtype::Bf16);
         assert!(precision_advice(Family::ResNet, Device::Cpu, None, false, true).is_some_and(|a| a.contains("--amp-dtype bf16 --channels-last")));
         assert!(precision_advice(Family::ResNet, Device::Cpu, None, false, true).is_some_and(|a| a.contains("1.6-1.8×")));
-        assert!(precision_advice(Family::EfficientNetLite, Device::Cpu, None, false, true).is_some_and(|a| a.contains("about 1.1×")));
+        let lite = precision_advice(Family::EfficientNetLite, Device::Cpu, None, false, true).unwrap();
+        assert!(lite.contains("--amp-dtype bf16 trains about 1.1×"), "{lite}");
+        assert!(precision_advice(Family::EfficientNetLite, Device::Cpu, bf16, false, true).is_none(), "NHWC buys EfficientNet-Lite nothing on a CPU");
         assert!(precision_advice(Family::ResNet, Device::Cpu, None, false, false).is_none(), "fp32 is right without native bf16");
         assert!(precision_advice(Family::ResNet, Device::Cpu, bf16, false, false).is_some_and(|a| a.contains("emulated")));
-        assert!(precision_advice(Family::ResNet, Device::Cpu, bf16, false, true).is_some_and(|a| a.contains("--channels-last")));
+        assert!(precision_advice(Family::ResNet, Device::Cpu, bf16, false, true).is_some_and(|a| a.contains("--channels-last is about 1.2×")));
         assert!(precision_advice(Family::ResNet, Device::Cpu, bf16, true, true).is_none(), "nothing to add to the fastest choice");
         assert!(precision_advice(Family::ResNet, Device::Cuda(0), bf16, true, false).is_none());
     }
