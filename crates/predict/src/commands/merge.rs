@@ -1,5 +1,5 @@
-//! Splitting a prediction across machines: `predictor predict … --shard K/N` and
-//! `predictor merge`.
+//! `predictor merge`: joining the shards of a prediction split across machines
+//! (`predictor predict … --shard K/N`, see [`crate::output::shard`]).
 //!
 //! **The split.** The image list is ordered exactly as an unsharded run orders it (the sample
 //! submission's rows, else the sorted file names), and shard `K` of `N` (1-based) takes the
@@ -8,74 +8,22 @@
 //! the unsharded run (an image's outputs do not depend on the other images of its batch), so
 //! merged shards reproduce the unsharded submission and saved logits bit for bit.
 //!
-//! **The record.** Each shard's saved logits carry a [`ShardInfo`] — `K`, `N`, the offset of its
+//! **The record.** Each shard's saved logits carry a [`ShardInfo`](crate::output::shard::ShardInfo) — `K`, `N`, the offset of its
 //! first row, the length and fingerprint of the whole ordered list — next to the models' file
 //! hashes, weights, averaging, TTA and classes. [`merge`] refuses shards that are missing,
 //! given twice, cut from another list or another `N`, or made by other models, classes,
 //! weights, averaging or TTA, naming the file and what differs.
 use std::collections::BTreeMap;
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use ndarray::{concatenate, Array2, ArrayView2, Axis};
-use serde::{Deserialize, Serialize};
 
-use crate::ensemble::{check_same_classes, Average, Outputs};
-use crate::fingerprint::list_fingerprint;
-use crate::logits::{self, Provenance, SavedLogits};
-use crate::submit;
-
-/// Part `index` (1-based) of `count`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shard {
-    pub index: usize,
-    pub count: usize,
-}
-
-impl std::str::FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Shard, String> {
-        let parse = |x: &str| x.trim().parse::<usize>().ok();
-        match s.split_once('/').map(|(k, n)| (parse(k), parse(n))) {
-            Some((Some(index), Some(count))) if index >= 1 && index <= count => Ok(Shard { index, count }),
-            _ => Err(format!("--shard {s:?}: expected K/N with 1 ≤ K ≤ N, e.g. 2/3")),
-        }
-    }
-}
-
-impl std::fmt::Display for Shard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
-    }
-}
-
-impl Shard {
-    /// The rows of a list of `n` that this shard predicts.
-    pub fn range(&self, n: usize) -> Range<usize> {
-        (self.index - 1) * n / self.count..self.index * n / self.count
-    }
-
-    /// The record of this shard of `names` (the whole ordered list).
-    pub fn info(&self, names: &[String]) -> ShardInfo {
-        ShardInfo { index: self.index, count: self.count, first: self.range(names.len()).start, rows: names.len(), list: list_fingerprint(names) }
-    }
-}
-
-/// Which part of which list a shard's saved logits hold.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardInfo {
-    /// `K` (1-based).
-    pub index: usize,
-    /// `N`.
-    pub count: usize,
-    /// Index of the shard's first row in the whole list.
-    pub first: usize,
-    /// Rows of the whole list.
-    pub rows: usize,
-    /// [`list_fingerprint`] of the whole ordered list.
-    pub list: String,
-}
+use crate::engine::ensemble::{check_same_classes, Outputs};
+use crate::output::fingerprint::list_fingerprint;
+use crate::output::logits::{self, Provenance, SavedLogits};
+use crate::output::shard::{Shard, ShardInfo};
+use crate::output::submission;
 
 /// What `predictor merge` does.
 #[derive(Clone, Debug)]
@@ -112,7 +60,7 @@ fn provenance_difference(a: &SavedLogits, b: &SavedLogits) -> Option<String> {
         return Some(format!("different averaging ({} vs {})", a.average, b.average));
     }
     if a.tta != b.tta {
-        return Some(format!("different test-time augmentation (--tta {} vs {})", a.tta, b.tta));
+        return Some(format!("different test-time augmentation (--tta {} vs {})", logits::tta_name(a.tta), logits::tta_name(b.tta)));
     }
     None
 }
@@ -120,9 +68,9 @@ fn provenance_difference(a: &SavedLogits, b: &SavedLogits) -> Option<String> {
 /// Joins the shards into one submission (and saved logits) in the order of the whole list,
 /// after checking that they are the `N` parts of one run (see the module header).
 pub fn merge(o: &MergeOptions) -> Result<Merged> {
-    submit::check_out_dir(&o.out)?;
+    submission::check_out_dir(&o.out)?;
     if let Some(p) = &o.save_logits {
-        submit::check_out_dir(p)?;
+        submission::check_out_dir(p)?;
     }
     if o.shards.is_empty() {
         bail!("no shard given");
@@ -181,7 +129,7 @@ pub fn merge(o: &MergeOptions) -> Result<Merged> {
     };
     let mean = stack(&|s| &s.mean)?;
     let members = (0..head.models.len()).map(|m| stack(&|s| &s.members[m])).collect::<Result<Vec<_>>>()?;
-    let average = if head.average == "probs" { Average::Probs } else { Average::Logits };
+    let average = head.average;
     let out = Outputs { classes: head.classes.clone(), mean, members, failed: Vec::new(), average, images_per_s: 0.0 };
     let skipped_names: Vec<(String, String)> = parts.iter().flat_map(|s| s.skipped.iter().cloned()).collect();
     let row: std::collections::HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
@@ -192,14 +140,14 @@ pub fn merge(o: &MergeOptions) -> Result<Merged> {
     }
     skipped.sort();
     if let Some(k) = o.top_k {
-        submit::check_top_k(k, out.c())?;
+        submission::check_top_k(k, out.c())?;
     }
-    submit::write_outputs(&o.out, &names, &out, o.top_k, &skipped)?;
+    submission::write_outputs(&o.out, &names, &out, o.top_k, &skipped)?;
     if let Some(p) = &o.save_logits {
         let prov = Provenance {
             models: head.models.clone(),
             weights: head.weights.clone(),
-            tta: head.tta.clone(),
+            tta: head.tta,
             model_sha256: head.model_sha256.clone(),
             skipped: skipped_names,
             shard: None,
@@ -207,43 +155,4 @@ pub fn merge(o: &MergeOptions) -> Result<Merged> {
         logits::write(p, &names, &out, &prov)?;
     }
     Ok(Merged { rows: names.len(), classes: out.c(), shards: info.count, skipped: skipped.len() })
-}
-
-/// Check used by `predict --shard`: the saved logits are what `merge` reads.
-pub fn require_logits(shard: Option<Shard>, save_logits: Option<&Path>) -> Result<()> {
-    if let (Some(s), None) = (shard, save_logits) {
-        bail!("--shard {s} needs --save-logits FILE: `predictor merge` joins the shards from their saved logits");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shards_cover_the_list_contiguously_and_evenly() {
-        for n in [0usize, 1, 2, 7, 250, 251] {
-            for count in 1..=5 {
-                let ranges: Vec<Range<usize>> = (1..=count).map(|index| Shard { index, count }.range(n)).collect();
-                assert_eq!(ranges[0].start, 0);
-                assert_eq!(ranges.last().unwrap().end, n);
-                for w in ranges.windows(2) {
-                    assert_eq!(w[0].end, w[1].start);
-                }
-                let (lo, hi) = (ranges.iter().map(|r| r.len()).min().unwrap(), ranges.iter().map(|r| r.len()).max().unwrap());
-                assert!(hi - lo <= 1, "n {n} count {count}: {ranges:?}");
-            }
-        }
-        assert_eq!(Shard { index: 2, count: 3 }.range(10), 3..6);
-    }
-
-    #[test]
-    fn shard_parses_k_of_n() {
-        assert_eq!("2/3".parse::<Shard>().unwrap(), Shard { index: 2, count: 3 });
-        assert_eq!("1/1".parse::<Shard>().unwrap().to_string(), "1/1");
-        for bad in ["0/3", "4/3", "3", "a/b", "1/0", "-1/2"] {
-            assert!(bad.parse::<Shard>().is_err(), "{bad}");
-        }
-    }
 }

@@ -20,9 +20,11 @@ pub enum Variant {
 }
 
 /// Which variants are run and averaged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Tta {
     /// The image as is.
+    #[default]
     None,
     /// Original + horizontal flip.
     Hflip,
@@ -31,6 +33,8 @@ pub enum Tta {
     /// All 8 flips and quarter turns.
     D4,
 }
+
+sorbier::spelled!(Tta, "test-time augmentation", [None, Hflip, Flips, D4]);
 
 impl Tta {
     /// The variants, identity first.

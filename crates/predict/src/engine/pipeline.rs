@@ -21,7 +21,7 @@ use sorbier::data::pool::{OrderedPool, Stop};
 use image::RgbImage;
 use sorbier::transforms::{eval_into, eval_tensor_len, load_rgb, Preprocess};
 
-use crate::tta::{self, Variant};
+use crate::engine::tta::{self, Variant};
 
 /// Pipeline settings.
 #[derive(Clone, Debug)]

@@ -13,13 +13,13 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use sorbier::meta::ModelMeta;
-use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::runtime::{Device, Runtime};
-use crate::tta::Tta;
+use crate::engine::pipeline::{Pipeline, PipelineConfig};
+use crate::engine::runtime::{Device, Runtime};
+use crate::engine::tta::Tta;
 use sorbier::transforms::Preprocess;
 
 /// How member (and TTA) outputs are combined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Average {
     /// Weighted mean of the raw logits.
@@ -27,6 +27,8 @@ pub enum Average {
     /// Weighted mean of the softmax probabilities.
     Probs,
 }
+
+sorbier::spelled!(Average, "averaging", [Logits, Probs]);
 
 /// One model of the ensemble.
 pub struct Member {
@@ -166,6 +168,14 @@ pub fn weighted_mean(members: &[Array2<f32>], weights: &[f64]) -> Array2<f32> {
         mean.scaled_add((w / total) as f32, m);
     }
     mean
+}
+
+/// Indices of the `k` largest values, best first (ties: lower index first).
+pub fn top_k(row: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
 }
 
 /// At most 10 names and the total, e.g. `"a", "b" … (12 in all)`.
@@ -357,6 +367,12 @@ impl Member {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_orders_best_first() {
+        assert_eq!(top_k(&[0.1, 0.5, 0.2, 0.5], 3), vec![1, 3, 2]);
+        assert_eq!(top_k(&[1.0], 1), vec![0]);
+    }
 
     #[test]
     fn softmax_is_stable_and_sums_to_one() {

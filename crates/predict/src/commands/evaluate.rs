@@ -13,10 +13,10 @@ use serde::Serialize;
 
 use sorbier::data::Dataset;
 use sorbier::metrics::{Metrics, MetricsAccumulator};
-use crate::ensemble::{list, Average};
-use crate::pipeline::PipelineConfig;
-use crate::tta::Tta;
-use crate::Ensemble;
+use crate::engine::ensemble::{list, Average};
+use crate::engine::pipeline::PipelineConfig;
+use crate::engine::tta::Tta;
+use crate::engine::Ensemble;
 
 
 /// What `evaluate` measured.

@@ -6,14 +6,11 @@ use std::path::Path;
 use anyhow::Result;
 
 use sorbier::meta::{ModelMeta, Quantization, PREFIX};
-use sorbier::onnx::tensor_proto::DataType;
+use sorbier::onnx::helpers::elem_type_name;
 use sorbier::onnx::tensor_shape_proto::dimension::Value as Dim;
 use sorbier::onnx::type_proto::Value as TypeValue;
 use sorbier::onnx::{ModelProto, ValueInfoProto};
 
-fn elem_name(t: i32) -> String {
-    DataType::try_from(t).map_or_else(|_| format!("type {t}"), |d| d.as_str_name().to_lowercase())
-}
 
 fn value_info(v: &ValueInfoProto) -> String {
     let name = v.name.clone().unwrap_or_default();
@@ -33,7 +30,7 @@ fn value_info(v: &ValueInfoProto) -> String {
                         .collect()
                 })
                 .unwrap_or_default();
-            format!("{name}: {} [{}]", elem_name(t.elem_type.unwrap_or(0)), dims.join(", "))
+            format!("{name}: {} [{}]", elem_type_name(t.elem_type.unwrap_or(0)), dims.join(", "))
         }
         Some(other) => format!("{name}: {other:?}"),
         None => format!("{name}: (no type)"),

@@ -23,8 +23,18 @@ use ndarray::Array2;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::ensemble::{Average, Outputs};
-use crate::shard::ShardInfo;
+use crate::engine::ensemble::{Average, Outputs};
+use crate::engine::tta::Tta;
+use sorbier::spelling::Spelling;
+use crate::output::shard::ShardInfo;
+
+/// How the header spells the TTA of a blend whose inputs used different ones.
+const MIXED: &str = "mixed";
+
+/// The header's spelling of a [`SavedLogits::tta`].
+pub fn tta_name(tta: Option<Tta>) -> String {
+    tta.map_or_else(|| MIXED.to_string(), |t| t.to_string())
+}
 
 /// A saved-logits file read back.
 #[derive(Clone, Debug)]
@@ -33,9 +43,10 @@ pub struct SavedLogits {
     pub classes: Vec<String>,
     pub models: Vec<String>,
     pub weights: Vec<f64>,
-    pub average: String,
-    /// `none`, `hflip`, `flips` or `d4`.
-    pub tta: String,
+    pub average: Average,
+    /// The test-time augmentation the values were averaged over; `None` for a blend of runs
+    /// that used different ones (`"mixed"` in the header).
+    pub tta: Option<Tta>,
     /// One per model; empty in files written before the field existed.
     pub model_sha256: Vec<String>,
     /// `(image name, reason)` of the rows left NaN.
@@ -54,7 +65,8 @@ pub struct SavedLogits {
 pub struct Provenance {
     pub models: Vec<String>,
     pub weights: Vec<f64>,
-    pub tta: String,
+    /// As [`SavedLogits::tta`].
+    pub tta: Option<Tta>,
     pub model_sha256: Vec<String>,
     pub skipped: Vec<(String, String)>,
     pub shard: Option<ShardInfo>,
@@ -65,8 +77,8 @@ fn bytes(v: &Array2<f32>) -> Vec<u8> {
 }
 
 /// Writes `out` (rows named `names`) to `path`, atomically, with the basic header only.
-pub fn save(path: &Path, names: &[String], out: &Outputs, models: &[String], weights: &[f64], tta: &str) -> Result<()> {
-    let p = Provenance { models: models.to_vec(), weights: weights.to_vec(), tta: tta.to_string(), ..Provenance::default() };
+pub fn save(path: &Path, names: &[String], out: &Outputs, models: &[String], weights: &[f64], tta: Tta) -> Result<()> {
+    let p = Provenance { models: models.to_vec(), weights: weights.to_vec(), tta: Some(tta), ..Provenance::default() };
     write(path, names, out, &p)
 }
 
@@ -84,17 +96,13 @@ pub fn write(path: &Path, names: &[String], out: &Outputs, p: &Provenance) -> Re
     for (name, buf) in &buffers {
         views.push((name.clone(), TensorView::new(Dtype::F32, vec![n, c], buf).context("building logits tensor")?));
     }
-    let average = match out.average {
-        Average::Logits => "logits",
-        Average::Probs => "probs",
-    };
     let mut meta: HashMap<String, String> = [
         ("names", serde_json::to_string(names)?),
         ("classes", serde_json::to_string(&out.classes)?),
         ("models", serde_json::to_string(&p.models)?),
         ("weights", serde_json::to_string(&p.weights)?),
-        ("average", serde_json::to_string(average)?),
-        ("tta", serde_json::to_string(&p.tta)?),
+        ("average", serde_json::to_string(&out.average)?),
+        ("tta", serde_json::to_string(&tta_name(p.tta))?),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -152,8 +160,12 @@ pub fn load(path: &Path) -> Result<SavedLogits> {
         }
     }
     Ok(SavedLogits {
-        average: serde_json::from_value(required("average")?)?,
-        tta: header_value(&meta, path, "tta")?.unwrap_or_else(|| "none".into()),
+        average: header_value(&meta, path, "average")?.with_context(|| format!("{}: no \"average\" in the header", path.display()))?,
+        tta: match header_value::<String>(&meta, path, "tta")? {
+            None => Some(Tta::None),
+            Some(t) if t == MIXED => None,
+            Some(t) => Some(Tta::parse(&t).map_err(anyhow::Error::msg).with_context(|| format!("{}: header \"tta\"", path.display()))?),
+        },
         skipped: header_value(&meta, path, "skipped")?.unwrap_or_default(),
         shard: header_value(&meta, path, "shard")?,
         names,
@@ -182,29 +194,29 @@ mod tests {
             average: Average::Probs,
             images_per_s: 1.0,
         };
-        save(&p, &["x.jpg".into(), "y.jpg".into()], &out, &["m.onnx".into()], &[1.0], "none").unwrap();
+        save(&p, &["x.jpg".into(), "y.jpg".into()], &out, &["m.onnx".into()], &[1.0], Tta::None).unwrap();
         let back = load(&p).unwrap();
         assert_eq!(back.names, vec!["x.jpg", "y.jpg"]);
         assert_eq!(back.classes, vec!["a", "b"]);
-        assert_eq!(back.average, "probs");
+        assert_eq!(back.average, Average::Probs);
         assert_eq!(back.mean.row(0).to_vec(), vec![1.0, 2.0]);
         assert!(back.mean[[1, 0]].is_nan());
         assert_eq!(back.members.len(), 1);
-        assert_eq!((back.tta.as_str(), back.model_sha256.len(), back.skipped.len(), back.shard), ("none", 0, 0, None));
+        assert_eq!((back.tta, back.model_sha256.len(), back.skipped.len(), back.shard), (Some(Tta::None), 0, 0, None));
 
         let shard = ShardInfo { index: 2, count: 3, first: 1, rows: 4, list: "abcd".into() };
         let p2 = dir.path().join("s.safetensors");
         let prov = Provenance {
             models: vec!["m.onnx".into()],
             weights: vec![1.0],
-            tta: "hflip".into(),
+            tta: Some(Tta::Hflip),
             model_sha256: vec!["0123".into()],
             skipped: vec![("y.jpg".into(), "unreadable: bad".into())],
             shard: Some(shard.clone()),
         };
         write(&p2, &["x.jpg".into(), "y.jpg".into()], &out, &prov).unwrap();
         let back = load(&p2).unwrap();
-        assert_eq!((back.tta.as_str(), back.model_sha256, back.skipped, back.shard), ("hflip", prov.model_sha256.clone(), prov.skipped.clone(), Some(shard)));
+        assert_eq!((back.tta, back.model_sha256, back.skipped, back.shard), (Some(Tta::Hflip), prov.model_sha256.clone(), prov.skipped.clone(), Some(shard)));
         // A header that does not match its tensors is refused, not half-read.
         assert!(write(&p2, &["x.jpg".into()], &out, &prov).is_err());
     }

@@ -19,10 +19,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use ndarray::Array2;
 
-use crate::ensemble::{check_same_classes, check_weights, list, softmax_rows, weighted_mean, Average, Outputs};
-use crate::fingerprint::file_sha256;
-use crate::logits::{self, Provenance, SavedLogits};
-use crate::submit;
+use crate::engine::ensemble::{check_same_classes, check_weights, list, softmax_rows, weighted_mean, Average, Outputs};
+use crate::engine::tta::Tta;
+use crate::output::fingerprint::file_sha256;
+use crate::output::logits::{self, Provenance, SavedLogits};
+use crate::output::submission;
 
 /// What `predictor blend` does.
 #[derive(Clone, Debug)]
@@ -52,32 +53,31 @@ pub struct Blended {
 
 /// `file`'s outputs (one row per image, in its own row order) in `average` space.
 fn in_space(file: &SavedLogits, path: &std::path::Path, average: Average) -> Result<Array2<f32>> {
-    let values = match (average, file.average.as_str()) {
-        (Average::Logits, "logits") | (Average::Probs, "probs") => file.mean.clone(),
-        (Average::Probs, "logits") if file.tta == "none" => {
+    let values = match (average, file.average) {
+        (Average::Logits, Average::Logits) | (Average::Probs, Average::Probs) => file.mean.clone(),
+        (Average::Probs, Average::Logits) if file.tta == Some(Tta::None) => {
             let probs: Vec<Array2<f32>> = file.members.iter().map(|m| softmax_rows(m.view())).collect();
             weighted_mean(&probs, &file.weights)
         }
-        (Average::Probs, "logits") => bail!(
+        (Average::Probs, Average::Logits) => bail!(
             "{} holds logits averaged over --tta {} views; averaging probabilities needs each view's probabilities. \
              Blend with --average logits, or re-run that model with --average probs --save-logits",
             path.display(),
-            file.tta
+            logits::tta_name(file.tta)
         ),
-        (Average::Logits, "probs") => bail!(
+        (Average::Logits, Average::Probs) => bail!(
             "{} holds probabilities (--average probs), which cannot be turned back into logits; blend with --average probs",
             path.display()
         ),
-        (_, other) => bail!("{}: unknown averaging {other:?} in the header", path.display()),
     };
     Ok(values)
 }
 
 /// Blends the inputs into one submission (see the module header).
 pub fn blend(o: &BlendOptions) -> Result<Blended> {
-    submit::check_out_dir(&o.out)?;
+    submission::check_out_dir(&o.out)?;
     if let Some(p) = &o.save_logits {
-        submit::check_out_dir(p)?;
+        submission::check_out_dir(p)?;
     }
     if o.inputs.is_empty() {
         bail!("no saved logits given");
@@ -129,7 +129,7 @@ pub fn blend(o: &BlendOptions) -> Result<Blended> {
     let mean = weighted_mean(&members, &weights);
     let classes = files[0].classes.clone();
     if let Some(k) = o.top_k {
-        submit::check_top_k(k, classes.len())?;
+        submission::check_top_k(k, classes.len())?;
     }
     // A row any input has no outputs for (an image it could not read) has no blend.
     let reasons: HashMap<&str, &str> = files.iter().flat_map(|f| f.skipped.iter().map(|(n, r)| (n.as_str(), r.as_str()))).collect();
@@ -141,13 +141,12 @@ pub fn blend(o: &BlendOptions) -> Result<Blended> {
         .map(|(i, _)| (i, reasons.get(names[i].as_str()).map_or_else(|| "no outputs in an input".to_string(), |r| r.to_string())))
         .collect();
     let out = Outputs { classes, mean, members, failed: Vec::new(), average: o.average, images_per_s: 0.0 };
-    submit::write_outputs(&o.out, &names, &out, o.top_k, &skipped)?;
+    submission::write_outputs(&o.out, &names, &out, o.top_k, &skipped)?;
     if let Some(p) = &o.save_logits {
-        let ttas: Vec<&str> = files.iter().map(|f| f.tta.as_str()).collect();
         let prov = Provenance {
             models: o.inputs.iter().map(|p| p.display().to_string()).collect(),
             weights: weights.clone(),
-            tta: if ttas.iter().all(|t| *t == ttas[0]) { ttas[0].to_string() } else { "mixed".into() },
+            tta: if files.iter().all(|f| f.tta == files[0].tta) { files[0].tta } else { None },
             model_sha256: o.inputs.iter().map(|p| file_sha256(p)).collect::<Result<_>>()?,
             skipped: skipped.iter().map(|(i, r)| (names[*i].clone(), r.clone())).collect(),
             shard: None,

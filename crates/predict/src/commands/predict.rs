@@ -7,19 +7,20 @@
 //! that the sample submission does not list get no row (they are counted and named).
 //!
 //! With `--shard K/N` only the K-th contiguous part of the ordered rows is predicted (see
-//! [`crate::shard`]); its saved logits record which part, for `predictor merge`.
+//! [`crate::output::shard`]); its saved logits record which part, for `predictor merge`.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ndarray::Array2;
 
 use sorbier::data::TestSet;
-use crate::ensemble::{list, Outputs};
-use crate::fingerprint::file_sha256;
-use crate::logits::Provenance;
-use crate::shard::Shard;
-use crate::ModelOptions;
+use crate::engine::ensemble::{list, Outputs};
+use crate::engine::ModelOptions;
+use crate::output::fingerprint::file_sha256;
+use crate::output::logits::Provenance;
+use crate::output::shard::Shard;
+use crate::output::submission::{check_out_dir, check_top_k, skipped_path, write_outputs};
 
 /// What `predictor predict` does.
 #[derive(Clone, Debug)]
@@ -57,40 +58,6 @@ pub struct Prediction {
     pub skipped_file: PathBuf,
 }
 
-/// `<out>.skipped.csv` next to the submission.
-pub fn skipped_path(out: &Path) -> PathBuf {
-    let mut s = out.as_os_str().to_owned();
-    s.push(".skipped.csv");
-    PathBuf::from(s)
-}
-
-/// Indices of the `k` largest values, best first (ties: lower index first).
-pub fn top_k(row: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..row.len()).collect();
-    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-    idx.truncate(k);
-    idx
-}
-
-pub(crate) fn check_out_dir(p: &Path) -> Result<()> {
-    let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        bail!("cannot write {}: folder {} does not exist", p.display(), parent.display());
-    }
-    Ok(())
-}
-
-/// Refuses a `--top-k` of 0 or of more than the `classes` the model has.
-pub(crate) fn check_top_k(k: usize, classes: usize) -> Result<()> {
-    if k == 0 {
-        bail!("--top-k must be at least 1");
-    }
-    if k > classes {
-        bail!("--top-k {k} is more than the model's {classes} classes");
-    }
-    Ok(())
-}
-
 /// Predicts the test folder and writes the submission (and the saved outputs when asked).
 /// `log` receives what the user should hear about on the way (row order source, images
 /// without a row, the models opened, …).
@@ -103,7 +70,7 @@ pub fn predict(args: &PredictOptions, log: &dyn Fn(&str)) -> Result<Prediction> 
     if let Some(k) = args.top_k {
         check_top_k(k, usize::MAX)?;
     }
-    crate::shard::require_logits(args.shard, args.save_logits.as_deref())?;
+    require_logits(args.shard, args.save_logits.as_deref())?;
     let sample = match (&args.sample_submission, args.no_sample_submission) {
         (Some(p), _) => Some(p.clone()),
         (None, true) => None,
@@ -178,36 +145,24 @@ pub fn predict(args: &PredictOptions, log: &dyn Fn(&str)) -> Result<Prediction> 
         let prov = Provenance {
             models: ens.members.iter().map(|m| m.path.display().to_string()).collect(),
             weights: ens.members.iter().map(|m| m.weight).collect(),
-            tta: format!("{:?}", args.model.tta).to_lowercase(),
+            tta: Some(args.model.tta),
             model_sha256: ens.members.iter().map(|m| file_sha256(&m.path)).collect::<Result<_>>()?,
             skipped: skipped.iter().map(|(i, why)| (test.names[*i].clone(), why.clone())).collect(),
             shard,
         };
-        crate::logits::write(p, &test.names, &full, &prov)?;
+        crate::output::logits::write(p, &test.names, &full, &prov)?;
         log(&format!("saved outputs to {}", p.display()));
     }
     let skipped_file = skipped_path(&args.out);
     Ok(Prediction { rows: test.names.len(), classes: ens.classes.len(), images_per_s: out.images_per_s, skipped: skipped.len(), skipped_file })
 }
 
-/// Writes the submission (rows `names`, classes from `out`) and, when rows were `skipped`,
-/// `<path>.skipped.csv` listing them (a stale list from an earlier run is removed).
-pub(crate) fn write_outputs(path: &Path, names: &[String], out: &Outputs, top_k: Option<usize>, skipped: &[(usize, String)]) -> Result<()> {
-    write_submission(path, names, out, top_k, skipped)?;
-    let skipped_file = skipped_path(path);
-    if skipped.is_empty() {
-        // A report from an earlier run would describe a submission that no longer exists.
-        if skipped_file.exists() {
-            std::fs::remove_file(&skipped_file).with_context(|| format!("cannot remove stale {}", skipped_file.display()))?;
-        }
-        return Ok(());
+/// Check used by `predict --shard`: the saved logits are what `merge` reads.
+pub fn require_logits(shard: Option<Shard>, save_logits: Option<&Path>) -> Result<()> {
+    if let (Some(s), None) = (shard, save_logits) {
+        bail!("--shard {s} needs --save-logits FILE: `predictor merge` joins the shards from their saved logits");
     }
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["image_name", "reason"])?;
-    for (i, why) in skipped {
-        w.write_record([names[*i].as_str(), why.as_str()])?;
-    }
-    sorbier::run::write_atomic(&skipped_file, &w.into_inner().context("csv buffer")?)
+    Ok(())
 }
 
 /// Outputs over the images that ran → outputs over all rows (NaN rows for the missing ones).
@@ -227,49 +182,5 @@ fn expand(out: &Outputs, rows: &[usize], n: usize) -> Outputs {
         failed: out.failed.iter().map(|(k, e)| (rows[*k], e.clone())).collect(),
         average: out.average,
         images_per_s: out.images_per_s,
-    }
-}
-
-fn write_submission(path: &Path, names: &[String], out: &Outputs, k: Option<usize>, skipped: &[(usize, String)]) -> Result<()> {
-    let skip: std::collections::HashSet<usize> = skipped.iter().map(|s| s.0).collect();
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["image_name".to_string(), "class".to_string()];
-    if let Some(k) = k {
-        header.extend((1..=k).map(|j| format!("class_{j}")));
-        header.extend((1..=k).map(|j| format!("score_{j}")));
-    }
-    w.write_record(&header)?;
-    for (i, name) in names.iter().enumerate() {
-        let mut rec = vec![name.clone()];
-        if skip.contains(&i) {
-            rec.resize(header.len(), String::new());
-        } else {
-            let probs = out.probs(i);
-            let best = top_k(&probs, k.unwrap_or(1));
-            rec.push(out.classes[best[0]].clone());
-            if k.is_some() {
-                rec.extend(best.iter().map(|&j| out.classes[j].clone()));
-                rec.extend(best.iter().map(|&j| format!("{:.6}", probs[j])));
-            }
-        }
-        w.write_record(&rec)?;
-    }
-    let bytes = w.into_inner().context("csv buffer")?;
-    sorbier::run::write_atomic(path, &bytes).with_context(|| format!("cannot write submission {}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_k_orders_best_first() {
-        assert_eq!(top_k(&[0.1, 0.5, 0.2, 0.5], 3), vec![1, 3, 2]);
-        assert_eq!(top_k(&[1.0], 1), vec![0]);
-    }
-
-    #[test]
-    fn skipped_report_sits_beside_the_submission() {
-        assert_eq!(skipped_path(Path::new("out/sub.csv")), PathBuf::from("out/sub.csv.skipped.csv"));
     }
 }

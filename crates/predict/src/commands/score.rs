@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::ensemble::list;
+use crate::engine::ensemble::list;
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Score {

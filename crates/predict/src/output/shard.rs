@@ -1,0 +1,93 @@
+//! Which part of an ordered image list a run predicts (`predict --shard K/N`), and the record
+//! of it that a shard's saved logits carry ([`ShardInfo`]).
+//!
+//! Shard `K` of `N` (1-based) takes the contiguous rows `⌊(K−1)·n/N⌋ … ⌊K·n/N⌋ − 1` of the
+//! list as an unsharded run orders it; shard sizes differ by at most one and their
+//! concatenation in `K` order is the whole list (see [`crate::commands::merge`]).
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+use crate::output::fingerprint::list_fingerprint;
+
+/// Part `index` (1-based) of `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Shard, String> {
+        let parse = |x: &str| x.trim().parse::<usize>().ok();
+        match s.split_once('/').map(|(k, n)| (parse(k), parse(n))) {
+            Some((Some(index), Some(count))) if index >= 1 && index <= count => Ok(Shard { index, count }),
+            _ => Err(format!("--shard {s:?}: expected K/N with 1 ≤ K ≤ N, e.g. 2/3")),
+        }
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Shard {
+    /// The rows of a list of `n` that this shard predicts.
+    pub fn range(&self, n: usize) -> Range<usize> {
+        (self.index - 1) * n / self.count..self.index * n / self.count
+    }
+
+    /// The record of this shard of `names` (the whole ordered list).
+    pub fn info(&self, names: &[String]) -> ShardInfo {
+        ShardInfo { index: self.index, count: self.count, first: self.range(names.len()).start, rows: names.len(), list: list_fingerprint(names) }
+    }
+}
+
+/// Which part of which list a shard's saved logits hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// `K` (1-based).
+    pub index: usize,
+    /// `N`.
+    pub count: usize,
+    /// Index of the shard's first row in the whole list.
+    pub first: usize,
+    /// Rows of the whole list.
+    pub rows: usize,
+    /// [`list_fingerprint`] of the whole ordered list.
+    pub list: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_the_list_contiguously_and_evenly() {
+        for n in [0usize, 1, 2, 7, 250, 251] {
+            for count in 1..=5 {
+                let ranges: Vec<Range<usize>> = (1..=count).map(|index| Shard { index, count }.range(n)).collect();
+                assert_eq!(ranges[0].start, 0);
+                assert_eq!(ranges.last().unwrap().end, n);
+                for w in ranges.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                }
+                let (lo, hi) = (ranges.iter().map(|r| r.len()).min().unwrap(), ranges.iter().map(|r| r.len()).max().unwrap());
+                assert!(hi - lo <= 1, "n {n} count {count}: {ranges:?}");
+            }
+        }
+        assert_eq!(Shard { index: 2, count: 3 }.range(10), 3..6);
+    }
+
+    #[test]
+    fn shard_parses_k_of_n() {
+        assert_eq!("2/3".parse::<Shard>().unwrap(), Shard { index: 2, count: 3 });
+        assert_eq!("1/1".parse::<Shard>().unwrap().to_string(), "1/1");
+        for bad in ["0/3", "4/3", "3", "a/b", "1/0", "-1/2"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+    }
+}
