@@ -11,6 +11,8 @@
 //! - `sorbier-predict` (`crates/predict`): ONNX Runtime inference and the `predictor` binary,
 //!   which no build can link to libtorch because nothing in its dependency graph does.
 pub mod arch;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod data;
 pub mod export;
 pub mod meta;
@@ -18,6 +20,7 @@ pub mod metrics;
 pub mod onnx;
 pub mod report;
 pub mod run;
+pub mod spelling;
 pub mod transforms;
 
 /// The crate version, recorded in run directories and ONNX metadata.

@@ -57,19 +57,18 @@ impl RunConfig {
 }
 
 /// Which saved weights of a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Checkpoint {
     Best,
     Last,
 }
 
+crate::spelled!(Checkpoint, "checkpoint", [Best, Last]);
+
 impl Checkpoint {
     pub fn name(self) -> &'static str {
-        match self {
-            Checkpoint::Best => "best",
-            Checkpoint::Last => "last",
-        }
+        crate::spelling::Spelling::name(&self)
     }
     pub fn weights(self, run_dir: &Path) -> PathBuf {
         run_dir.join(format!("{}.safetensors", self.name()))

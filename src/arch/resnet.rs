@@ -16,35 +16,16 @@ pub enum BlockKind {
     Bottleneck,
 }
 
-pub fn block(arch: Arch) -> BlockKind {
-    match arch {
-        Arch::Resnet18 | Arch::Resnet34 => BlockKind::Basic,
-        _ => BlockKind::Bottleneck,
-    }
-}
-
-/// Blocks per stage (none for an architecture of another family; [`Arch::spec`] only asks
-/// for ResNets).
-pub fn layers(arch: Arch) -> [usize; 4] {
-    match arch {
-        Arch::Resnet18 => [2, 2, 2, 2],
-        Arch::Resnet34 | Arch::Resnet50 => [3, 4, 6, 3],
-        Arch::Resnet101 => [3, 4, 23, 3],
-        Arch::Resnet152 => [3, 8, 36, 3],
-        _ => [0; 4],
-    }
-}
-
-pub fn expansion(arch: Arch) -> usize {
-    match block(arch) {
+pub fn expansion(block: BlockKind) -> usize {
+    match block {
         BlockKind::Basic => 1,
         BlockKind::Bottleneck => 4,
     }
 }
 
 /// Width of the pooled features that feed `fc`.
-pub fn feature_dim(arch: Arch) -> usize {
-    512 * expansion(arch)
+pub fn feature_dim(block: BlockKind) -> usize {
+    512 * expansion(block)
 }
 
 fn conv_bn(conv: String, bn: String, in_channels: usize, out_channels: usize, kernel: usize, stride: usize, act: Act) -> ConvBn {
@@ -65,10 +46,9 @@ fn conv_bn(conv: String, bn: String, in_channels: usize, out_channels: usize, ke
 
 /// `stem (conv1/bn1/relu) → maxpool 3×3 s2 p1 → blocks → global average pool → [dropout] → fc`,
 /// each block `relu(convs(x) + shortcut(x))` with ReLU after every conv but the last.
-pub fn spec(arch: Arch, num_classes: usize) -> NetSpec {
+pub fn spec(arch: Arch, block: BlockKind, layers: [usize; 4], num_classes: usize) -> NetSpec {
     let stem = conv_bn("conv1".into(), "bn1".into(), 3, 64, 7, 2, Act::Relu);
-    let expansion = expansion(arch);
-    let layers = layers(arch);
+    let expansion = expansion(block);
     let total: usize = layers.iter().sum();
     let mut in_c = 64;
     let mut blocks = Vec::new();
@@ -82,7 +62,7 @@ pub fn spec(arch: Arch, num_classes: usize) -> NetSpec {
             let cb = |i: usize, cin: usize, cout: usize, k: usize, s: usize, act: Act| {
                 conv_bn(format!("{prefix}.conv{i}"), format!("{prefix}.bn{i}"), cin, cout, k, s, act)
             };
-            let convs = match block(arch) {
+            let convs = match block {
                 BlockKind::Basic => vec![cb(1, in_c, width, 3, stride, Act::Relu), cb(2, width, width, 3, 1, Act::Identity)],
                 BlockKind::Bottleneck => vec![
                     cb(1, in_c, width, 1, 1, Act::Relu),
@@ -109,7 +89,7 @@ pub fn spec(arch: Arch, num_classes: usize) -> NetSpec {
         blocks,
         head: None,
         classifier: "fc".into(),
-        feature_dim: feature_dim(arch),
+        feature_dim: feature_dim(block),
         num_classes,
         aliases: Vec::new(),
     }

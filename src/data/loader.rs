@@ -148,10 +148,18 @@ impl Loader {
     /// `paths[i]`/`labels[i]` describe dataset item i; `order` lists the items to load
     /// (repeats allowed, as from a sampler).
     pub fn new(paths: Arc<[PathBuf]>, labels: Arc<[i64]>, order: Vec<usize>, mode: Mode, cfg: LoaderConfig) -> Loader {
+        Loader::starting_at(paths, labels, order, mode, cfg, 0)
+    }
+
+    /// As [`Loader::new`], but yields only the batches from `first_batch` on — each exactly
+    /// as `new` would build it (same items, same per-position augmentation): how a run
+    /// stopped mid-epoch continues the epoch.
+    pub fn starting_at(paths: Arc<[PathBuf]>, labels: Arc<[i64]>, order: Vec<usize>, mode: Mode, cfg: LoaderConfig, first_batch: usize) -> Loader {
         let batch_size = cfg.batch_size.max(1);
         let num_batches = if cfg.drop_last { order.len() / batch_size } else { order.len().div_ceil(batch_size) };
+        let first = first_batch.min(num_batches);
         let source = Source { paths, labels, order, mode, batch_size };
-        let pool = OrderedPool::new("loader", num_batches, cfg.workers, cfg.prefetch, Box::new(move |b, stop| source.build(b, stop)));
+        let pool = OrderedPool::new("loader", num_batches - first, cfg.workers, cfg.prefetch, Box::new(move |b, stop| source.build(first + b, stop)));
         Loader { pool }
     }
 
@@ -305,6 +313,20 @@ mod tests {
         let empty = Loader::new(paths.clone(), labels.clone(), vec![], Mode::Eval(pre()), cfg(4, 2));
         assert_eq!(empty.num_batches(), 0);
         assert_eq!(empty.count(), 0);
+    }
+
+    #[test]
+    fn starting_at_a_batch_yields_the_same_batches_as_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (paths, labels) = dataset(dir.path(), 10);
+        let mode = Mode::Train { preprocess: pre(), augment: Augment { color_jitter: 0.3, ..Default::default() }, seed: 7 };
+        let order: Vec<usize> = (0..10).rev().collect();
+        let all: Vec<Batch> = Loader::new(paths.clone(), labels.clone(), order.clone(), mode.clone(), cfg(3, 2)).map(|b| b.unwrap()).collect();
+        let rest: Vec<Batch> = Loader::starting_at(paths, labels, order, mode, cfg(3, 2), 2).map(|b| b.unwrap()).collect();
+        assert_eq!((all.len(), rest.len()), (4, 2));
+        for (a, b) in all[2..].iter().zip(&rest) {
+            assert_eq!((&a.indices, &a.images), (&b.indices, &b.images));
+        }
     }
 
     #[test]

@@ -22,11 +22,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::arch::{Act, ConvBn, NetSpec, Shortcut};
 use crate::meta::ModelMeta;
-use crate::onnx::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension, type_proto,
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
-};
+use crate::onnx::helpers::{self, float_attribute, float_value_info, int_attribute, ints_attribute};
+use crate::onnx::{tensor_proto::DataType, tensor_shape_proto::dimension, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto};
 
 use super::weights::{check_state_dict, StateDict};
 
@@ -47,40 +44,6 @@ pub fn precision_name(fp16: bool) -> &'static str {
         "float16"
     } else {
         "float32"
-    }
-}
-
-fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Ints as i32),
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn attr_int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Int as i32), i: Some(v), ..Default::default() }
-}
-
-fn tensor_value(name: &str, dims: &[dimension::Value], doc: &str) -> ValueInfoProto {
-    let shape = TensorShapeProto {
-        dim: dims
-            .iter()
-            .map(|d| crate::onnx::tensor_shape_proto::Dimension { value: Some(d.clone()), denotation: None })
-            .collect(),
-    };
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(DataType::Float as i32),
-                shape: Some(shape),
-            })),
-            denotation: None,
-        }),
-        doc_string: Some(doc.into()),
-        ..Default::default()
     }
 }
 
@@ -109,13 +72,7 @@ impl Graph {
         } else {
             (DataType::Float, data.iter().flat_map(|v| v.to_le_bytes()).collect())
         };
-        self.initializers.push(TensorProto {
-            name: Some(name.into()),
-            dims: shape.iter().map(|&d| d as i64).collect(),
-            data_type: Some(data_type as i32),
-            raw_data: Some(raw_data),
-            ..Default::default()
-        });
+        self.initializers.push(helpers::tensor(name, shape, data_type, raw_data));
         Ok(name.to_string())
     }
 
@@ -150,12 +107,12 @@ impl Graph {
         let (before, after) = cb.pads(size);
         let (a, b) = (before as i64, after as i64);
         let attrs = vec![
-            attr_ints("kernel_shape", &[k, k]),
-            attr_ints("strides", &[s, s]),
+            ints_attribute("kernel_shape", &[k, k]),
+            ints_attribute("strides", &[s, s]),
             // [top, left, bottom, right]: TensorFlow's SAME puts an odd extra pixel last.
-            attr_ints("pads", &[a, a, b, b]),
-            attr_ints("dilations", &[1, 1]),
-            attr_int("group", cb.groups as i64),
+            ints_attribute("pads", &[a, a, b, b]),
+            ints_attribute("dilations", &[1, 1]),
+            int_attribute("group", cb.groups as i64),
         ];
         Ok(self.node("Conv", &cb.conv, &[x, &wname, &bname], attrs, Some(format!("{} with {} folded in", cb.conv, cb.bn))))
     }
@@ -248,69 +205,10 @@ pub fn build_model(spec: &NetSpec, weights: &StateDict, meta: &ModelMeta, fp16: 
     let mut g = Graph { nodes: Vec::new(), initializers: Vec::new(), fp16 };
     let mut x = INPUT.to_string();
     if fp16 {
-        x = g.node("Cast", "input_fp16", &[&x], vec![attr_int("to", DataType::Float16 as i64)], None);
+        x = g.node("Cast", "input_fp16", &[&x], vec![int_attribute("to", DataType::Float16 as i64)], None);
     }
-    let stem_act = if spec.stem.act == Act::Relu6 { format!("{}.relu6", spec.stem.conv) } else { "relu".to_string() };
-    let (mut x, mut size) = g.layer(&spec.stem, weights, &x, crop as usize, &stem_act)?;
-    if let Some(p) = &spec.stem_pool {
-        let (k, s, pad) = (p.kernel as i64, p.stride as i64, p.padding as i64);
-        let attrs = vec![attr_ints("kernel_shape", &[k, k]), attr_ints("strides", &[s, s]), attr_ints("pads", &[pad, pad, pad, pad])];
-        x = g.node("MaxPool", "maxpool", &[&x], attrs, None);
-        size = p.out_size(size);
-    }
-    for block in &spec.blocks {
-        let input = (x.clone(), size);
-        let mut y = x.clone();
-        for (i, cb) in block.convs.iter().enumerate() {
-            (y, size) = g.layer(cb, weights, &y, size, &act_name(&block.prefix, cb, i))?;
-        }
-        let shortcut = match &block.shortcut {
-            Shortcut::None => None,
-            Shortcut::Identity => Some(input.0),
-            Shortcut::Conv(ds) => Some(g.conv_bn(ds, weights, &input.0, input.1)?),
-        };
-        x = match shortcut {
-            None => y,
-            Some(sc) => {
-                let sum = g.node("Add", &format!("{}.add", block.prefix), &[&y, &sc], vec![], None);
-                g.act(block.act, &format!("{}.relu", block.prefix), &sum)?
-            }
-        };
-    }
-    if let Some(head) = &spec.head {
-        (x, _) = g.layer(head, weights, &x, size, &format!("{}.relu6", head.conv))?;
-    }
-    x = g.node("GlobalAveragePool", "avgpool", &[&x], vec![], None);
-    x = g.node("Flatten", "flatten", &[&x], vec![attr_int("axis", 1)], None);
-    let [fc_wn, fc_bn] = spec.classifier_tensors();
-    let (fc_w, fc_b) = (&weights[&fc_wn], &weights[&fc_bn]);
-    let wname = g.initializer(&fc_wn, &fc_w.shape, &fc_w.data)?;
-    let bname = g.initializer(&fc_bn, &fc_b.shape, &fc_b.data)?;
-    let gemm = vec![
-        AttributeProto { name: Some("alpha".into()), r#type: Some(AttributeType::Float as i32), f: Some(1.0), ..Default::default() },
-        AttributeProto { name: Some("beta".into()), r#type: Some(AttributeType::Float as i32), f: Some(1.0), ..Default::default() },
-        attr_int("transB", 1),
-    ];
-    if fp16 {
-        let y = g.node("Gemm", &spec.classifier, &[&x, &wname, &bname], gemm, None);
-        g.nodes.push(NodeProto {
-            name: Some("logits_fp32".into()),
-            op_type: Some("Cast".into()),
-            input: vec![y],
-            output: vec![OUTPUT.into()],
-            attribute: vec![attr_int("to", DataType::Float as i64)],
-            ..Default::default()
-        });
-    } else {
-        g.nodes.push(NodeProto {
-            name: Some(spec.classifier.clone()),
-            op_type: Some("Gemm".into()),
-            input: vec![x, wname, bname],
-            output: vec![OUTPUT.into()],
-            attribute: gemm,
-            ..Default::default()
-        });
-    }
+    let features = g.trunk(spec, weights, &x, crop as usize)?;
+    g.classifier(spec, weights, &features)?;
 
     let n = || dimension::Value::DimParam(BATCH_DIM.into());
     let v = dimension::Value::DimValue;
@@ -323,14 +221,83 @@ pub fn build_model(spec: &NetSpec, weights: &StateDict, meta: &ModelMeta, fp16: 
         name: Some(format!("sorbier_{}", spec.arch)),
         node: g.nodes,
         initializer: g.initializers,
-        input: vec![tensor_value(INPUT, &[n(), v(3), v(crop), v(crop)], &input_doc)],
-        output: vec![tensor_value(
+        input: vec![float_value_info(INPUT, &[n(), v(3), v(crop), v(crop)], &input_doc)],
+        output: vec![float_value_info(
             OUTPUT,
             &[n(), v(spec.num_classes as i64)],
             "unnormalised class scores, in the order of the sorbier.classes metadata",
         )],
         ..Default::default()
     };
+    model_proto(spec, &meta, graph)
+}
+
+impl Graph {
+    /// Stem, blocks and head up to the feature map before pooling; returns its name.
+    fn trunk(&mut self, spec: &NetSpec, weights: &StateDict, input: &str, crop: usize) -> Result<String> {
+        let stem_act = if spec.stem.act == Act::Relu6 { format!("{}.relu6", spec.stem.conv) } else { "relu".to_string() };
+        let (mut x, mut size) = self.layer(&spec.stem, weights, input, crop, &stem_act)?;
+        if let Some(p) = &spec.stem_pool {
+            let (k, s, pad) = (p.kernel as i64, p.stride as i64, p.padding as i64);
+            let attrs = vec![ints_attribute("kernel_shape", &[k, k]), ints_attribute("strides", &[s, s]), ints_attribute("pads", &[pad, pad, pad, pad])];
+            x = self.node("MaxPool", "maxpool", &[&x], attrs, None);
+            size = p.out_size(size);
+        }
+        for block in &spec.blocks {
+            let input = (x.clone(), size);
+            let mut y = x.clone();
+            for (i, cb) in block.convs.iter().enumerate() {
+                (y, size) = self.layer(cb, weights, &y, size, &act_name(&block.prefix, cb, i))?;
+            }
+            let shortcut = match &block.shortcut {
+                Shortcut::None => None,
+                Shortcut::Identity => Some(input.0),
+                Shortcut::Conv(ds) => Some(self.conv_bn(ds, weights, &input.0, input.1)?),
+            };
+            x = match shortcut {
+                None => y,
+                Some(sc) => {
+                    let sum = self.node("Add", &format!("{}.add", block.prefix), &[&y, &sc], vec![], None);
+                    self.act(block.act, &format!("{}.relu", block.prefix), &sum)?
+                }
+            };
+        }
+        if let Some(head) = &spec.head {
+            (x, _) = self.layer(head, weights, &x, size, &format!("{}.relu6", head.conv))?;
+        }
+        Ok(x)
+    }
+
+    /// Global average pooling, flatten and the linear classifier writing the float32 output
+    /// (cast back from float16 in a half-precision graph).
+    fn classifier(&mut self, spec: &NetSpec, weights: &StateDict, features: &str) -> Result<()> {
+        let mut x = self.node("GlobalAveragePool", "avgpool", &[features], vec![], None);
+        x = self.node("Flatten", "flatten", &[&x], vec![int_attribute("axis", 1)], None);
+        let [fc_wn, fc_bn] = spec.classifier_tensors();
+        let (fc_w, fc_b) = (&weights[&fc_wn], &weights[&fc_bn]);
+        let wname = self.initializer(&fc_wn, &fc_w.shape, &fc_w.data)?;
+        let bname = self.initializer(&fc_bn, &fc_b.shape, &fc_b.data)?;
+        let gemm = vec![float_attribute("alpha", 1.0), float_attribute("beta", 1.0), int_attribute("transB", 1)];
+        let output = |name: String, op: &str, input: Vec<String>, attribute: Vec<AttributeProto>| NodeProto {
+            name: Some(name),
+            op_type: Some(op.into()),
+            input,
+            output: vec![OUTPUT.into()],
+            attribute,
+            ..Default::default()
+        };
+        if self.fp16 {
+            let y = self.node("Gemm", &spec.classifier, &[&x, &wname, &bname], gemm, None);
+            self.nodes.push(output("logits_fp32".into(), "Cast", vec![y], vec![int_attribute("to", DataType::Float as i64)]));
+        } else {
+            self.nodes.push(output(spec.classifier.clone(), "Gemm", vec![x, wname, bname], gemm));
+        }
+        Ok(())
+    }
+}
+
+/// The model around `graph`: IR version, opset, producer, and the model card as metadata.
+fn model_proto(spec: &NetSpec, meta: &ModelMeta, graph: GraphProto) -> Result<ModelProto> {
     let metadata_props = meta
         .to_props()?
         .into_iter()

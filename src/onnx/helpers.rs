@@ -1,11 +1,15 @@
-//! Reading and making the ONNX tensors and attributes the quantiser touches ([`sorbier::onnx`]
-//! prost types): float32 initializers in either encoding (`raw_data` little-endian or
-//! `float_data`), scalars behind `Constant` nodes, and the int8/uint8/int32/float32 tensors of
-//! a QDQ graph.
+//! Reading and making ONNX tensors, attributes and value infos (the prost types of
+//! [`crate::onnx`]): float32 initializers in either encoding (`raw_data` little-endian or
+//! `float_data`), scalars behind `Constant` nodes, the float16/float32/int8/uint8/int32 tensors
+//! the exporter and the quantiser write, attributes read with a default or built typed, and
+//! element type names. Names say the direction: `get_*` reads, `*_attribute`/`*_tensor` build.
 use anyhow::{bail, Context, Result};
-use sorbier::onnx::attribute_proto::AttributeType;
-use sorbier::onnx::tensor_proto::DataType;
-use sorbier::onnx::{AttributeProto, NodeProto, TensorProto};
+
+use super::attribute_proto::AttributeType;
+use super::tensor_proto::DataType;
+use super::tensor_shape_proto::{dimension, Dimension};
+use super::type_proto;
+use super::{AttributeProto, NodeProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto};
 
 /// Shape of `t` as sizes (a negative dimension is an error).
 pub fn dims(t: &TensorProto) -> Result<Vec<usize>> {
@@ -55,7 +59,8 @@ pub fn constant_value(node: &NodeProto) -> Option<&TensorProto> {
     (node.op_type.as_deref() == Some("Constant")).then(|| node.attribute.iter().find(|a| a.name.as_deref() == Some("value"))?.t.as_ref())?
 }
 
-fn tensor(name: &str, dims: &[usize], ty: DataType, raw: Vec<u8>) -> TensorProto {
+/// A tensor of element type `ty` from its little-endian bytes.
+pub fn tensor(name: &str, dims: &[usize], ty: DataType, raw: Vec<u8>) -> TensorProto {
     TensorProto {
         name: Some(name.into()),
         dims: dims.iter().map(|&d| d as i64).collect(),
@@ -82,12 +87,12 @@ pub fn i32_tensor(name: &str, dims: &[usize], v: &[i32]) -> TensorProto {
 }
 
 /// An integer attribute of `node`, or `default`.
-pub fn attr_int(node: &NodeProto, key: &str, default: i64) -> i64 {
+pub fn get_int(node: &NodeProto, key: &str, default: i64) -> i64 {
     node.attribute.iter().find(|a| a.name.as_deref() == Some(key)).and_then(|a| a.i).unwrap_or(default)
 }
 
 /// A float attribute of `node`, or `default`.
-pub fn attr_float(node: &NodeProto, key: &str, default: f32) -> f32 {
+pub fn get_float(node: &NodeProto, key: &str, default: f32) -> f32 {
     node.attribute.iter().find(|a| a.name.as_deref() == Some(key)).and_then(|a| a.f).unwrap_or(default)
 }
 
@@ -99,6 +104,35 @@ pub fn has_attr(node: &NodeProto, key: &str) -> bool {
 /// An integer attribute to put on a node.
 pub fn int_attribute(key: &str, v: i64) -> AttributeProto {
     AttributeProto { name: Some(key.into()), r#type: Some(AttributeType::Int as i32), i: Some(v), ..Default::default() }
+}
+
+/// An integer-list attribute to put on a node.
+pub fn ints_attribute(key: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto { name: Some(key.into()), r#type: Some(AttributeType::Ints as i32), ints: v.to_vec(), ..Default::default() }
+}
+
+/// A float attribute to put on a node.
+pub fn float_attribute(key: &str, v: f32) -> AttributeProto {
+    AttributeProto { name: Some(key.into()), r#type: Some(AttributeType::Float as i32), f: Some(v), ..Default::default() }
+}
+
+/// A float32 graph input or output of shape `dims` (fixed sizes or symbolic names).
+pub fn float_value_info(name: &str, dims: &[dimension::Value], doc: &str) -> ValueInfoProto {
+    let shape = TensorShapeProto { dim: dims.iter().map(|d| Dimension { value: Some(d.clone()), denotation: None }).collect() };
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(DataType::Float as i32), shape: Some(shape) })),
+            denotation: None,
+        }),
+        doc_string: Some(doc.into()),
+        ..Default::default()
+    }
+}
+
+/// The lower-case name of an element type (`float`, `int8`), or `type N` for an unknown one.
+pub fn elem_type_name(t: i32) -> String {
+    DataType::try_from(t).map_or_else(|_| format!("type {t}"), |d| d.as_str_name().to_lowercase())
 }
 
 #[cfg(test)]

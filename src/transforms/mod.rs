@@ -20,13 +20,15 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Resampling filter. Bilinear/bicubic are antialiased when downscaling, as Pillow does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Interpolation {
     Nearest,
     Bilinear,
     Bicubic,
 }
+
+crate::spelled!(Interpolation, "interpolation", [Nearest, Bilinear, Bicubic]);
 
 /// Eval preprocessing: resize the shorter side to `resize`, center-crop `crop`×`crop`,
 /// scale to 0–1, normalise per channel, lay out as CHW float32.

@@ -33,9 +33,9 @@ mod bench {
     use anyhow::{bail, Context, Result};
     use ndarray::Array4;
     use sorbier::arch::Arch;
-    use sorbier_predict::pipeline::PipelineConfig;
+    use sorbier_predict::engine::pipeline::PipelineConfig;
     use sorbier_predict::quantize::{self, calibrate, QuantizeOptions};
-    use sorbier_predict::runtime::{Device, Runtime};
+    use sorbier_predict::engine::runtime::{Device, Runtime};
 
     use super::common;
 
@@ -124,7 +124,7 @@ mod bench {
         if !out.failed.is_empty() {
             bail!("{} image(s) could not be read", out.failed.len());
         }
-        let top1 = (0..paths.len()).map(|i| sorbier_predict::submit::top_k(&out.probs(i), 1)[0]).collect();
+        let top1 = (0..paths.len()).map(|i| sorbier_predict::engine::ensemble::top_k(&out.probs(i), 1)[0]).collect();
         Ok(Row { model_rate, e2e_rate: out.images_per_s, top1 })
     }
 

@@ -25,9 +25,9 @@ mod bench {
 
     use anyhow::{bail, Context, Result};
     use sorbier::arch::Arch;
-    use sorbier_predict::pipeline::{Pipeline, PipelineConfig};
-    use sorbier_predict::runtime::{Device, Runtime};
-    use sorbier_predict::tta::Variant;
+    use sorbier_predict::engine::pipeline::{Pipeline, PipelineConfig};
+    use sorbier_predict::engine::runtime::{Device, Runtime};
+    use sorbier_predict::engine::tta::Variant;
     use sorbier::transforms::Preprocess;
 
     use super::common;

@@ -32,9 +32,9 @@ mod bench {
     use ndarray::Array4;
     use sorbier::arch::Arch;
     use sorbier::transforms::Preprocess;
-    use sorbier_predict::ensemble::{Average, Ensemble};
-    use sorbier_predict::pipeline::PipelineConfig;
-    use sorbier_predict::runtime::{Device, Runtime};
+    use sorbier_predict::engine::ensemble::{Average, Ensemble};
+    use sorbier_predict::engine::pipeline::PipelineConfig;
+    use sorbier_predict::engine::runtime::{Device, Runtime};
 
     use super::common;
 

@@ -62,13 +62,13 @@ fn blending_saved_logits_equals_the_ensemble() {
     let (o, csv, logits) = r.blend(&[&a, &b], "blend", &["--weights", "1,3", "--top-k", "3"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("blending 2 files by logits"));
-    let (want, got) = (sorbier_predict::logits::load(&ens).unwrap(), sorbier_predict::logits::load(&logits).unwrap());
+    let (want, got) = (sorbier_predict::output::logits::load(&ens).unwrap(), sorbier_predict::output::logits::load(&logits).unwrap());
     close(&want.mean, &got.mean);
     assert_eq!(got.names, want.names);
     assert_eq!(std::fs::read(&csv).unwrap(), std::fs::read(r.tmp.path().join("ens.csv")).unwrap(), "same submission");
     // The weights mattered (equal weights give another mean).
     let (_, _, equal) = r.blend(&[&a, &b], "equal", &[]);
-    let equal = sorbier_predict::logits::load(&equal).unwrap();
+    let equal = sorbier_predict::output::logits::load(&equal).unwrap();
     assert!(equal.mean.iter().zip(&want.mean).any(|(x, y)| (x - y).abs() > 1e-3));
 }
 
@@ -82,8 +82,8 @@ fn blending_probabilities_equals_the_probability_ensemble() {
     let ens = r.save("ens", &[&f.a, &f.b], &["--average", "probs", "--weights", "2,1"]);
     let (o, csv, logits) = r.blend(&[&a, &b], "blend", &["--average", "probs", "--weights", "2,1"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (want, got) = (sorbier_predict::logits::load(&ens).unwrap(), sorbier_predict::logits::load(&logits).unwrap());
-    assert_eq!(got.average, "probs");
+    let (want, got) = (sorbier_predict::output::logits::load(&ens).unwrap(), sorbier_predict::output::logits::load(&logits).unwrap());
+    assert_eq!(got.average.to_string(), "probs");
     close(&want.mean, &got.mean);
     assert_eq!(std::fs::read(&csv).unwrap(), std::fs::read(r.tmp.path().join("ens.csv")).unwrap());
 }
@@ -101,12 +101,12 @@ fn rows_are_matched_by_image_name() {
     let reversed = r.tmp.path().join("reversed.safetensors");
     let o = predict_with(&[&f.b], &r.images, &reversed_csv, &r.tmp.path().join("reversed-sub.csv"), &["--save-logits", s(&reversed)]);
     assert!(o.status.success());
-    let (x, y) = (sorbier_predict::logits::load(&reversed).unwrap().names, sorbier_predict::logits::load(&a).unwrap().names);
+    let (x, y) = (sorbier_predict::output::logits::load(&reversed).unwrap().names, sorbier_predict::output::logits::load(&a).unwrap().names);
     assert!(x != y && x.iter().rev().eq(y.iter()), "the orders differ");
     let ens = r.save("ens", &[&f.a, &f.b], &[]);
     let (o, _, logits) = r.blend(&[&a, &reversed], "blend", &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    close(&sorbier_predict::logits::load(&ens).unwrap().mean, &sorbier_predict::logits::load(&logits).unwrap().mean);
+    close(&sorbier_predict::output::logits::load(&ens).unwrap().mean, &sorbier_predict::output::logits::load(&logits).unwrap().mean);
 }
 
 fn refused(o: Output, want: &[&str]) {

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 mod fuzz;
 use fuzz::{config, corpus, mutate, mutation};
 
-use sorbier_predict::ensemble::{Average, Outputs};
+use sorbier_predict::engine::ensemble::{Average, Outputs};
 
 fn logits_seed() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
@@ -20,7 +20,7 @@ fn logits_seed() -> Vec<u8> {
         average: Average::Logits,
         images_per_s: 1.0,
     };
-    sorbier_predict::logits::save(&p, &["x.jpg".into(), "y.jpg".into()], &out, &["m.onnx".into()], &[1.0], "none").unwrap();
+    sorbier_predict::output::logits::save(&p, &["x.jpg".into(), "y.jpg".into()], &out, &["m.onnx".into()], &[1.0], sorbier_predict::engine::Tta::None).unwrap();
     std::fs::read(&p).unwrap()
 }
 
@@ -34,10 +34,10 @@ fn in_file<T>(bytes: &[u8], f: impl FnOnce(&std::path::Path) -> T) -> T {
 #[test]
 fn the_seeds_are_read() {
     for (name, bytes) in corpus("csv").into_iter().filter(|c| c.0 != "history.csv") {
-        let rows = in_file(&bytes, sorbier_predict::score::read_rows).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let rows = in_file(&bytes, sorbier_predict::commands::score::read_rows).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert!(rows.len() >= 2, "{name}");
     }
-    let saved = in_file(&logits_seed(), sorbier_predict::logits::load).unwrap();
+    let saved = in_file(&logits_seed(), sorbier_predict::output::logits::load).unwrap();
     assert_eq!(saved.mean.dim(), (2, 3));
 }
 
@@ -49,11 +49,11 @@ proptest! {
         let seeds = corpus("csv");
         let (_, bytes) = &seeds[seed % seeds.len()];
         let sub = mutate(bytes, &m);
-        let _ = in_file(&sub, |p| sorbier_predict::score::score_files(p, p));
+        let _ = in_file(&sub, |p| sorbier_predict::commands::score::score_files(p, p));
     }
 
     #[test]
     fn the_saved_logits_reader_never_panics(m in mutation()) {
-        let _ = in_file(&mutate(&logits_seed(), &m), sorbier_predict::logits::load);
+        let _ = in_file(&mutate(&logits_seed(), &m), sorbier_predict::output::logits::load);
     }
 }

@@ -63,7 +63,7 @@ fn ensemble_mean_is_the_weighted_mean_of_members_and_members_match_single_runs()
     args.extend(["--sample-submission", s(&sample), "--out", s(&sub), "--save-logits", s(&logits), "--tta", "hflip", "--batch-size", "4"]);
     args.extend(FAST);
     assert!(run(&args).status.success());
-    let saved = sorbier_predict::logits::load(&logits).unwrap();
+    let saved = sorbier_predict::output::logits::load(&logits).unwrap();
     assert_eq!(saved.names, names);
     assert_eq!(saved.classes, train_classes());
     assert_eq!(saved.members.len(), 2);
@@ -85,7 +85,7 @@ fn ensemble_mean_is_the_weighted_mean_of_members_and_members_match_single_runs()
         args.extend(["--out", s(&o), "--save-logits", s(&single), "--tta", "hflip", "--batch-size", "4"]);
         args.extend(FAST);
         assert!(run(&args).status.success());
-        let one = sorbier_predict::logits::load(&single).unwrap();
+        let one = sorbier_predict::output::logits::load(&single).unwrap();
         for (x, y) in one.mean.iter().zip(&saved.members[k]) {
             assert!((x - y).abs() <= ENSEMBLE_TOL, "member {k}: {x} vs {y}");
         }
@@ -153,7 +153,7 @@ fn unreadable_and_missing_images_are_errors_unless_skipped_and_no_row_is_dropped
     assert_eq!(rows[2][1], "", "unreadable image has an empty class");
     assert_eq!(rows[6][1], "", "missing image has an empty class");
     assert!(rows.iter().skip(1).filter(|r| !r[1].is_empty()).count() == 4);
-    let skipped = read_csv(&sorbier_predict::submit::skipped_path(&out));
+    let skipped = read_csv(&sorbier_predict::output::submission::skipped_path(&out));
     assert_eq!(skipped[0], ["image_name", "reason"]);
     assert_eq!(skipped[1][0], names[1]);
     assert!(skipped[1][1].contains("unreadable"));

@@ -78,7 +78,7 @@ fn quantize_writes_a_checked_int8_model_that_info_predict_and_ensembles_use() {
     assert_eq!(meta.precision, PRECISION_INT8);
     let card = Quantization::from_props(model.metadata_props.iter().map(|p| (p.key.as_deref().unwrap(), p.value.as_deref().unwrap()))).unwrap().unwrap();
     assert_eq!((card.method.as_str(), card.images, card.nodes["Conv"]), ("minmax", 40, 20));
-    assert_eq!(card.parent_sha256, sorbier_predict::fingerprint::file_sha256(&f.a).unwrap());
+    assert_eq!(card.parent_sha256, sorbier_predict::output::fingerprint::file_sha256(&f.a).unwrap());
     // The same draw of the same folder gives the same fingerprint; another seed another one.
     let again = tmp.path().join("again.int8.onnx");
     assert!(quantize(&f.a, &again, &["--images", "40", "--seed", "1"]).status.success());

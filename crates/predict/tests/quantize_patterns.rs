@@ -26,7 +26,7 @@ use sorbier::onnx::{
 };
 use sorbier::transforms::Preprocess;
 use sorbier_predict::quantize::{calibrate, fusion, rewrite, ActivationType, Fusion, Method, Plan, Ranges, Source};
-use sorbier_predict::runtime::Device;
+use sorbier_predict::engine::runtime::Device;
 
 mod common;
 use common::{make_arch_model, onnx_check, runtime, Rng};

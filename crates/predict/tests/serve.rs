@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use ndarray::Array2;
 use serde_json::{json, Value};
 use sorbier::transforms::{eval_into, eval_tensor_len, load_rgb, Preprocess};
-use sorbier_predict::ensemble::softmax;
-use sorbier_predict::logits::SavedLogits;
+use sorbier_predict::engine::ensemble::softmax;
+use sorbier_predict::output::logits::SavedLogits;
 
 mod common;
 use common::*;
@@ -53,7 +53,7 @@ fn predicted(dir: &Path, models: &[&Path], n: usize, extra: &[&str]) -> (Vec<Str
     more.extend(extra);
     let o = predict_with(models, &images, &sample, &sub, &more);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let saved = sorbier_predict::logits::load(&logits).unwrap();
+    let saved = sorbier_predict::output::logits::load(&logits).unwrap();
     let rows = read_csv(&sub);
     (saved.names.clone(), saved, rows)
 }
@@ -162,7 +162,7 @@ fn every_endpoint_answers_as_the_protocol_says() {
     let classes = train_classes();
     for (i, pair) in head["outputs"][1]["data"].as_array().unwrap().chunks(2).enumerate() {
         let row = &logits[i * 5..(i + 1) * 5];
-        let top = sorbier_predict::submit::top_k(row, 2);
+        let top = sorbier_predict::engine::ensemble::top_k(row, 2);
         for (label, &j) in pair.iter().zip(&top) {
             assert_eq!(label.as_str().unwrap(), format!("{}:{j}:{}", row[j], classes[j]));
         }
@@ -173,7 +173,7 @@ fn every_endpoint_answers_as_the_protocol_says() {
     let r = server.identify(&photo(&names[0]), "?top_k=3");
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
-    let top = sorbier_predict::submit::top_k(&rows[0], 3);
+    let top = sorbier_predict::engine::ensemble::top_k(&rows[0], 3);
     assert_eq!(v["bestMatch"], json!(classes[top[0]]));
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
@@ -190,7 +190,7 @@ fn every_endpoint_answers_as_the_protocol_says() {
     let v = server.post("/v1/identify", &ct, &body).json();
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
     assert_eq!(v["images"][0]["name"], "one.jpg");
-    let top = sorbier_predict::submit::top_k(&rows[1], 1);
+    let top = sorbier_predict::engine::ensemble::top_k(&rows[1], 1);
     assert_eq!(v["bestMatch"], json!(classes[top[0]]));
 
     // Metrics count what happened; one log line per request.
@@ -240,7 +240,7 @@ fn served_top1_equals_predict_for_every_flowers_test_photo() {
         assert_eq!(rows[i + 1][0], names[i]);
         assert_eq!(v["bestMatch"].as_str().unwrap(), rows[i + 1][1], "row {i} ({}): served top-1 differs from predict", names[i]);
         let probs = softmax(&saved.mean.row(i).to_vec());
-        let best = sorbier_predict::submit::top_k(&probs, 1)[0];
+        let best = sorbier_predict::engine::ensemble::top_k(&probs, 1)[0];
         assert!((v["results"][0]["score"].as_f64().unwrap() as f32 - probs[best]).abs() <= LOGITS_TOL, "row {i}: {v}");
     }
     // Every photo went through the models once; batches never exceed --max-batch.
@@ -295,7 +295,7 @@ fn an_ensemble_served_equals_the_ensemble_predicted() {
     ]);
     let v = server.post("/v1/identify", &ct, &body).json();
     let rows: Vec<Array2<f32>> = (0..3).map(|i| saved.mean.row(i).to_owned().insert_axis(ndarray::Axis(0))).collect();
-    let want = softmax(&sorbier_predict::ensemble::weighted_mean(&rows, &[1.0, 2.0, 3.0]).row(0).to_vec());
+    let want = softmax(&sorbier_predict::engine::ensemble::weighted_mean(&rows, &[1.0, 2.0, 3.0]).row(0).to_vec());
     for res in v["results"].as_array().unwrap() {
         let j = res["index"].as_u64().unwrap() as usize;
         assert!((res["score"].as_f64().unwrap() as f32 - want[j]).abs() <= LOGITS_TOL, "{res} vs {}", want[j]);
@@ -334,7 +334,7 @@ fn tritonclient_drives_the_server_and_gets_the_predictors_logits() {
     let classes = train_classes();
     for (i, labels) in summary["classification"].as_array().unwrap().iter().enumerate() {
         let row = saved.mean.row(i).to_vec();
-        let top = sorbier_predict::submit::top_k(&row, 3);
+        let top = sorbier_predict::engine::ensemble::top_k(&row, 3);
         let got: Vec<(usize, String)> = labels
             .as_array()
             .unwrap()

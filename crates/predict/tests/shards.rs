@@ -111,9 +111,9 @@ fn three_shards_merge_into_the_unsharded_submission_and_logits_exactly() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("31 rows, 5 classes) from 3 shards; 2 row(s) with an empty class"));
 
     assert_eq!(std::fs::read(&merged_csv).unwrap(), std::fs::read(&full_csv).unwrap(), "merged submission = unsharded, byte for byte");
-    let skipped = |p: &Path| std::fs::read(sorbier_predict::submit::skipped_path(p)).unwrap();
+    let skipped = |p: &Path| std::fs::read(sorbier_predict::output::submission::skipped_path(p)).unwrap();
     assert_eq!(skipped(&merged_csv), skipped(&full_csv));
-    let (a, b) = (sorbier_predict::logits::load(&full_logits).unwrap(), sorbier_predict::logits::load(&merged_logits).unwrap());
+    let (a, b) = (sorbier_predict::output::logits::load(&full_logits).unwrap(), sorbier_predict::output::logits::load(&merged_logits).unwrap());
     assert_eq!((&a.names, &a.classes, &a.models, &a.weights), (&b.names, &b.classes, &b.models, &b.weights));
     assert_eq!((&a.average, &a.tta, &a.model_sha256, &a.skipped, &a.shard), (&b.average, &b.tta, &b.model_sha256, &b.skipped, &b.shard));
     assert_eq!(bits(&a.mean), bits(&b.mean), "mean logits bit for bit");

@@ -20,6 +20,10 @@ pub const LAST_STATE_JSON: &str = "last.state.json";
 pub const LAST_STATE_TENSORS: &str = "last.state.safetensors";
 pub const BEST_CONFUSION: &str = "best_confusion.csv";
 pub const BEST_PER_CLASS: &str = "best_per_class.csv";
+/// A run stopped mid-epoch by a signal: weights, optimiser tensors and [`StoppedState`].
+pub const STOPPED_WEIGHTS: &str = "stopped.safetensors";
+pub const STOPPED_TENSORS: &str = "stopped.state.safetensors";
+pub const STOPPED_JSON: &str = "stopped.state.json";
 const STAGED: &str = ".next";
 
 fn staged(dir: &Path, name: &str) -> PathBuf {
@@ -167,6 +171,54 @@ pub struct ResumeState {
     /// Finite fp16 steps since the loss scale last changed (absent before it was recorded).
     #[serde(default)]
     pub amp_growth_tracker: u32,
+}
+
+/// Where in its epoch a stopped run was, and the epoch's running totals, so that `--resume`
+/// continues the epoch at the next step as if it had never stopped.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochProgress {
+    /// Completed steps of the epoch.
+    pub step: usize,
+    pub loss_sum: f64,
+    pub correct: i64,
+    pub seen: usize,
+    pub failed: usize,
+    pub seconds: f64,
+    /// The learning rate of the epoch's first step.
+    pub lr_first: f64,
+}
+
+/// `stopped.state.json`: the resume state of a run stopped mid-epoch (its `epoch` counts the
+/// completed epochs, as in `last.state.json`) plus the epoch's progress.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoppedState {
+    pub state: ResumeState,
+    pub progress: EpochProgress,
+}
+
+impl StoppedState {
+    /// The stop record of `dir`, if it continues the run's last committed epoch (`completed`);
+    /// a stale one (an epoch committed after it) is ignored.
+    pub fn load(dir: &Path, completed: usize) -> Result<Option<StoppedState>> {
+        let path = dir.join(STOPPED_JSON);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let s: StoppedState = serde_json::from_str(&text).with_context(|| format!("{} is not a valid stop record", path.display()))?;
+        Ok((s.state.epoch == completed).then_some(s))
+    }
+
+    /// Removes the stop record once the epoch it belongs to is committed.
+    pub fn remove(dir: &Path) -> Result<()> {
+        for name in [STOPPED_JSON, STOPPED_WEIGHTS, STOPPED_TENSORS] {
+            let p = dir.join(name);
+            if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ResumeState {

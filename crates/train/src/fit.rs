@@ -8,11 +8,13 @@
 //! best epoch: `best.*` is the last epoch, the `.json` infos hold the training loss and
 //! accuracy, the history's validation columns are NaN, and no confusion matrix is written.
 //!
-//! Reproducibility: every random stream of epoch `e` — the sampling order, the augmentations
-//! (the loader's seed) and libtorch's generator (dropout) — is seeded from `(seed, e)` at the
-//! start of the epoch. Together with the weights, BatchNorm statistics, optimiser and schedule
-//! state saved after each epoch, this makes `--resume` continue exactly as an uninterrupted
-//! run would (bit for bit on CPU with the same thread count).
+//! Reproducibility: every random stream of epoch `e` is seeded from `(seed, e)`: the sampling
+//! order, the augmentations (the loader's seed and each item's position in the order) and
+//! libtorch's generator (dropout; re-seeded at each step from `(seed, e, step)`). Together
+//! with the weights, BatchNorm statistics, optimiser and schedule state saved after each epoch
+//! — or, when a signal stops the run mid-epoch ([`crate::interrupt`]), after the step it was
+//! in, with the epoch's running totals — this makes `--resume` continue exactly as an
+//! uninterrupted run would (bit for bit on CPU with the same thread count).
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +26,11 @@ use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-use super::files::{self, Best, Commit, HistoryRow, ResumeState, BEST_CONFUSION, BEST_PER_CLASS, LAST_STATE_JSON, LAST_STATE_TENSORS};
+use super::files::{
+    self, Best, Commit, EpochProgress, HistoryRow, ResumeState, StoppedState, BEST_CONFUSION, BEST_PER_CLASS, LAST_STATE_JSON, LAST_STATE_TENSORS, STOPPED_JSON,
+    STOPPED_TENSORS, STOPPED_WEIGHTS,
+};
+use super::interrupt::{Interrupted, Interrupter};
 use super::amp::LossScaler;
 use super::guard::guarded;
 use super::loss;
@@ -172,6 +178,8 @@ pub struct Output {
     /// Redraw the training report pictures after each epoch.
     pub report: bool,
     pub log: Arc<dyn Log>,
+    /// Asked between steps whether to stop (SIGINT/SIGTERM); `None`: never stop early.
+    pub interrupter: Option<Interrupter>,
 }
 
 /// The data side of a run: every image of the dataset, the split, and the training side's
@@ -220,6 +228,8 @@ pub struct Trainer<'a> {
     global_step: u64,
     best: Option<Best>,
     history: Vec<HistoryRow>,
+    /// Where the next epoch starts: step 0, or where a stopped run left it.
+    progress: EpochProgress,
 }
 
 /// Trains the run in `dir` (whose `config.json` is `cfg`): a new run from epoch 1, or with
@@ -250,7 +260,7 @@ impl<'a> Trainer<'a> {
         }
         // Killed before the first epoch completed: nothing to continue, start from the beginning.
         let resume = resume && {
-            let has_state = dir.join(LAST_STATE_JSON).exists();
+            let has_state = dir.join(LAST_STATE_JSON).exists() || dir.join(STOPPED_JSON).exists();
             if !has_state {
                 log.warn(&format!("{}: no completed epoch yet; starting from epoch 1", dir.display()));
             }
@@ -296,6 +306,7 @@ impl<'a> Trainer<'a> {
             global_step: 0,
             best: None,
             history: Vec::new(),
+            progress: EpochProgress::default(),
         })
     }
 
@@ -369,7 +380,7 @@ impl<'a> Trainer<'a> {
                 cfg.data_root.display(),
                 nc,
                 split.train.len(),
-                s.best_metric.name()
+                s.best_metric.column()
             ));
         }
         Ok(Data {
@@ -424,16 +435,21 @@ impl<'a> Trainer<'a> {
     /// Resume: the last committed epoch's weights, optimiser, schedule, loss scale, best epoch
     /// and history. False when the run already has every epoch asked for.
     pub fn restore(&mut self) -> Result<bool> {
-        let dir = &self.dir;
-        if !dir.join(LAST_STATE_JSON).exists() {
-            return Ok(true); // killed before its first epoch: set_up already starts over
-        }
-        let st = ResumeState::load(dir)?;
+        let dir = self.dir.clone();
+        let last = if dir.join(LAST_STATE_JSON).exists() { Some(ResumeState::load(&dir)?) } else { None };
+        let stopped = StoppedState::load(&dir, last.as_ref().map_or(0, |st| st.epoch))?;
+        let (st, weights, tensors) = match (stopped, last) {
+            (Some(stop), _) => {
+                self.progress = stop.progress;
+                (stop.state, dir.join(STOPPED_WEIGHTS), dir.join(STOPPED_TENSORS))
+            }
+            (None, Some(st)) => (st, Checkpoint::Last.weights(&dir), dir.join(LAST_STATE_TENSORS)),
+            (None, None) => return Ok(true), // killed before its first epoch: set_up already starts over
+        };
         let spec = self.cfg.arch.spec(self.cfg.classes.len());
-        model::load_weights(&mut self.vs, &Checkpoint::Last.weights(dir), &spec, false)?;
-        let state_path = dir.join(LAST_STATE_TENSORS);
-        let tensors = Tensor::read_safetensors(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?;
-        self.opt.load_state(tensors, &st.optimizer_steps).with_context(|| format!("{}", state_path.display()))?;
+        model::load_weights(&mut self.vs, &weights, &spec, false)?;
+        let loaded = Tensor::read_safetensors(&tensors).with_context(|| format!("cannot read {}", tensors.display()))?;
+        self.opt.load_state(loaded, &st.optimizer_steps).with_context(|| format!("{}", tensors.display()))?;
         self.schedule.state = st.schedule.state;
         self.best = st.best;
         self.epoch = st.epoch;
@@ -442,20 +458,58 @@ impl<'a> Trainer<'a> {
             sc.scale = st.loss_scale;
             sc.growth_tracker = st.amp_growth_tracker;
         }
-        let mut history = files::read_history(&dir.join(HISTORY))?;
+        let mut history = if st.epoch > 0 { files::read_history(&dir.join(HISTORY))? } else { Vec::new() };
         history.retain(|r| r.epoch <= st.epoch);
         if history.len() != st.epoch {
             bail!("{}: history.csv has {} rows for {} completed epochs", dir.display(), history.len(), st.epoch);
         }
         self.history = history;
-        self.cfg.save(dir)?;
+        self.cfg.save(&dir)?;
         let log = &self.out.log;
         if self.epoch >= self.s.epochs {
             log.info(&format!("{} already completed {} of {} epochs; raise --epochs to train longer", dir.display(), self.epoch, self.s.epochs));
             return Ok(false);
         }
-        log.info(&format!("resuming after epoch {} of {}", self.epoch, self.s.epochs));
+        if self.progress.step > 0 {
+            log.info(&format!("resuming at step {} of epoch {} of {}", self.progress.step + 1, self.epoch + 1, self.s.epochs));
+        } else {
+            log.info(&format!("resuming after epoch {} of {}", self.epoch, self.s.epochs));
+        }
         Ok(true)
+    }
+
+    /// The signal that asked the run to stop, if one did.
+    fn stop_requested(&self) -> Option<i32> {
+        self.out.interrupter.and_then(|i| i.requested())
+    }
+
+    /// What `--resume` needs besides the tensors, with `completed` epochs done.
+    fn resume_state(&self, completed: usize) -> ResumeState {
+        ResumeState {
+            sorbier_version: sorbier::VERSION.to_string(),
+            epoch: completed,
+            global_step: self.global_step,
+            optimizer_steps: self.opt.steps(),
+            schedule: self.schedule.clone(),
+            best: self.best.clone(),
+            seed: self.cfg.seed,
+            loss_scale: self.scaler.as_ref().map_or(1.0, |sc| sc.scale),
+            amp_growth_tracker: self.scaler.as_ref().map_or(0, |sc| sc.growth_tracker),
+        }
+    }
+
+    /// Commits the state of a run stopped mid-epoch (weights, optimiser, schedule, the epoch's
+    /// progress) beside the last completed epoch, which it leaves as it is.
+    fn commit_stop(&self, progress: EpochProgress, signal: i32) -> Result<Interrupted> {
+        let mut commit = Commit::new(&self.dir);
+        model::save_safetensors(&self.vs, &commit.path(STOPPED_WEIGHTS))?;
+        commit.add(STOPPED_WEIGHTS);
+        commit.tensors(STOPPED_TENSORS, &self.opt.state_tensors())?;
+        let step = progress.step;
+        let record = StoppedState { state: self.resume_state(self.epoch), progress };
+        commit.bytes(STOPPED_JSON, serde_json::to_string_pretty(&record)?.as_bytes())?;
+        commit.finish()?;
+        Ok(Interrupted { signal, epoch: self.epoch, step, run_dir: self.dir.clone() })
     }
 
     /// Every remaining epoch: train, validate, commit, report.
@@ -466,10 +520,13 @@ impl<'a> Trainer<'a> {
             let val = self.validate()?;
             let (row, improved) = self.commit(&train, val.as_ref(), started)?;
             self.print_epoch(&row, improved, val.is_some(), failed);
+            if let Some(signal) = self.stop_requested().filter(|_| self.epoch < self.s.epochs) {
+                return Err(Interrupted { signal, epoch: self.epoch, step: 0, run_dir: self.dir.clone() }.into());
+            }
         }
         let log = &self.out.log;
         if let Some(b) = &self.best {
-            log.info(&format!("best {} {:.4} at epoch {}; run directory {}", self.s.best_metric.name(), b.value, b.epoch, self.dir.display()));
+            log.info(&format!("best {} {:.4} at epoch {}; run directory {}", self.s.best_metric.column(), b.value, b.epoch, self.dir.display()));
         } else if !self.cfg.split.has_validation() {
             log.info(&format!(
                 "trained on every image for {} epochs (no validation); best.safetensors = last epoch; run directory {}",
@@ -500,65 +557,85 @@ impl<'a> Trainer<'a> {
         order
     }
 
-    /// One epoch of training steps. Returns the epoch's numbers and how many images failed.
+    /// One epoch of training steps (from where a stopped run left it). Returns the epoch's
+    /// numbers and how many images failed; a stop request between two steps commits the
+    /// epoch's progress and returns [`Interrupted`].
     pub fn train_epoch(&mut self) -> Result<(EpochTrain, usize)> {
         let (epoch, s) = (self.epoch, self.s);
+        let mut progress = std::mem::take(&mut self.progress);
         let epoch_seed = mix(self.cfg.seed, epoch as u64);
-        tch::manual_seed((epoch_seed >> 1) as i64);
         let order = self.epoch_order(epoch_seed);
         let epoch_images = order.len();
         let mode = Mode::Train { preprocess: self.cfg.preprocess.clone(), augment: self.cfg.augment.clone(), seed: epoch_seed };
-        let loader = Loader::new(self.data.paths.clone(), self.data.labels.clone(), order, mode, self.loader_config(s.drop_last));
-        let bar = if self.out.progress { indicatif::ProgressBar::new(self.steps_per_epoch as u64) } else { indicatif::ProgressBar::hidden() };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("{}/{}", epoch + 1, s.epochs));
-
-        let lr_first = self.schedule.lr(epoch, 0);
+        let loader = Loader::starting_at(self.data.paths.clone(), self.data.labels.clone(), order, mode, self.loader_config(s.drop_last), progress.step);
+        let bar = self.progress_bar(progress.step);
+        if progress.step == 0 {
+            progress.lr_first = self.schedule.lr(epoch, 0);
+        }
         let mut failures = Failures::new(epoch_images, "training");
-        let loss_sum = Tensor::zeros([], (Kind::Double, self.device));
-        let correct = Tensor::zeros([], (Kind::Int64, self.device));
-        let mut seen = 0usize;
-        let started = Instant::now();
-        for (step, batch) in loader.enumerate() {
+        failures.count = progress.failed;
+        let loss_sum = Tensor::from(progress.loss_sum).to_device(self.device);
+        let correct = Tensor::from(progress.correct).to_device(self.device);
+        let started = Instant::now() - std::time::Duration::from_secs_f64(progress.seconds);
+        for (step, batch) in (progress.step..).zip(loader) {
             if step >= self.steps_per_epoch {
                 break;
             }
             let batch = batch?;
             failures.note(&batch, &*self.out.log)?;
             // BatchNorm cannot normalise a batch of one.
-            if batch.len() < 2 {
-                continue;
-            }
-            let (loss, hits) = guarded(|| format!("training step {} of epoch {}", step + 1, epoch + 1), || self.train_step(&batch, step))?;
-            let n = batch.len();
-            seen += n;
-            tch::no_grad(|| {
-                let _ = loss_sum.shallow_clone().g_add_(&(loss * n as f64));
-                let _ = correct.shallow_clone().g_add_(&hits);
-            });
-            if step % 10 == 0 || step + 1 == self.steps_per_epoch {
-                let mean = loss_sum.double_value(&[]) / seen as f64;
-                let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("loss {mean:.4} {rate:.1} img/s"));
+            if batch.len() >= 2 {
+                // libtorch's generator (dropout, stochastic depth) is seeded per step, so a run
+                // resumed mid-epoch draws what an uninterrupted one would.
+                tch::manual_seed((mix(epoch_seed, step as u64) >> 1) as i64);
+                let (loss, hits) = guarded(|| format!("training step {} of epoch {}", step + 1, epoch + 1), || self.train_step(&batch, step))?;
+                let n = batch.len();
+                progress.seen += n;
+                tch::no_grad(|| {
+                    let _ = loss_sum.shallow_clone().g_add_(&(loss * n as f64));
+                    let _ = correct.shallow_clone().g_add_(&hits);
+                });
+                if step % 10 == 0 || step + 1 == self.steps_per_epoch {
+                    let mean = loss_sum.double_value(&[]) / progress.seen.max(1) as f64;
+                    let rate = progress.seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_message(format!("loss {mean:.4} {rate:.1} img/s"));
+                }
             }
             bar.inc(1);
+            if let Some(signal) = self.stop_requested().filter(|_| step + 1 < self.steps_per_epoch) {
+                bar.finish_and_clear();
+                progress.step = step + 1;
+                progress.loss_sum = loss_sum.double_value(&[]);
+                progress.correct = correct.int64_value(&[]);
+                progress.failed = failures.count;
+                progress.seconds = started.elapsed().as_secs_f64();
+                return Err(self.commit_stop(progress, signal)?.into());
+            }
         }
         bar.finish_and_clear();
-        if seen == 0 {
+        if progress.seen == 0 {
             bail!("epoch {} trained on no images", epoch + 1);
         }
         let train = EpochTrain {
-            lr: lr_first,
-            loss: loss_sum.double_value(&[]) / seen as f64,
-            acc: correct.int64_value(&[]) as f64 / seen as f64,
-            images: seen,
+            lr: progress.lr_first,
+            loss: loss_sum.double_value(&[]) / progress.seen as f64,
+            acc: correct.int64_value(&[]) as f64 / progress.seen as f64,
+            images: progress.seen,
             seconds: started.elapsed().as_secs_f64(),
         };
         Ok((train, failures.count))
+    }
+
+    fn progress_bar(&self, done: usize) -> indicatif::ProgressBar {
+        let bar = if self.out.progress { indicatif::ProgressBar::new(self.steps_per_epoch as u64) } else { indicatif::ProgressBar::hidden() };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", self.epoch + 1, self.s.epochs));
+        bar.set_position(done as u64);
+        bar
     }
 
     /// One optimiser step on `batch`. Returns the batch's mean loss (a float64 scalar on the
@@ -659,19 +736,11 @@ impl<'a> Trainer<'a> {
         commit.tensors(LAST_STATE_TENSORS, &self.opt.state_tensors())?;
         commit.bytes("last.json", serde_json::to_string_pretty(&ck)?.as_bytes())?;
         commit.bytes(HISTORY, &files::history_csv(&self.history)?)?;
-        let state = ResumeState {
-            sorbier_version: sorbier::VERSION.to_string(),
-            epoch: epoch + 1,
-            global_step: self.global_step,
-            optimizer_steps: self.opt.steps(),
-            schedule: self.schedule.clone(),
-            best: self.best.clone(),
-            seed: cfg.seed,
-            loss_scale: self.scaler.as_ref().map_or(1.0, |sc| sc.scale),
-            amp_growth_tracker: self.scaler.as_ref().map_or(0, |sc| sc.growth_tracker),
-        };
+        let state = self.resume_state(epoch + 1);
         commit.bytes(LAST_STATE_JSON, serde_json::to_string_pretty(&state)?.as_bytes())?;
         commit.finish()?;
+        // A stop record of this epoch is now superseded.
+        StoppedState::remove(&self.dir)?;
         self.epoch += 1;
         Ok((row, improved))
     }

@@ -24,6 +24,7 @@ use sorbier::transforms::{Augment, Preprocess};
 pub mod amp;
 pub mod guard;
 mod fit;
+pub mod interrupt;
 pub mod model;
 pub mod files;
 pub mod loss;
@@ -39,15 +40,17 @@ use schedule::{ScheduleConfig, ScheduleKind};
 
 /// Full fine-tuning, or feature extraction (frozen backbone and BatchNorm statistics; only
 /// `fc` trains).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TrainMode {
     Full,
     FeatureExtract,
 }
 
+sorbier::spelled!(TrainMode, "training mode", [Full, FeatureExtract]);
+
 /// How each epoch's training order is drawn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sampling {
     /// Every training image once, shuffled.
@@ -56,8 +59,10 @@ pub enum Sampling {
     Weighted,
 }
 
+sorbier::spelled!(Sampling, "sampling", [Shuffle, Weighted]);
+
 /// The validation metric that picks the best checkpoint (and drives `--schedule plateau`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BestMetric {
     Top1,
@@ -66,11 +71,15 @@ pub enum BestMetric {
     Loss,
 }
 
+sorbier::spelled!(BestMetric, "metric", [Top1, Top5, MacroAcc, Loss]);
+
 impl BestMetric {
     pub fn maximize(self) -> bool {
         self != BestMetric::Loss
     }
-    pub fn name(self) -> &'static str {
+    /// The metric's column in `history.csv` and its name in `best.json` (`macro_acc`; the
+    /// flag value is `macro-acc`).
+    pub fn column(self) -> &'static str {
         match self {
             BestMetric::Top1 => "top1",
             BestMetric::Top5 => "top5",

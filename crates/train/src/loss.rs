@@ -12,13 +12,15 @@ use serde::{Deserialize, Serialize};
 use tch::{Reduction, Tensor};
 
 /// Class weighting of the loss (`--class-weights`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClassWeights {
     None,
     Inverse,
     Effective,
 }
+
+sorbier::spelled!(ClassWeights, "class weighting", [None, Inverse, Effective]);
 
 /// Per-class weights for `counts` (training images per class); `None` for [`ClassWeights::None`].
 pub fn class_weights(kind: ClassWeights, counts: &[usize], beta: f64) -> Option<Vec<f64>> {

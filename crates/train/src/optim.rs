@@ -30,13 +30,15 @@ use tch::{Kind, Tensor};
 use super::multi_tensor;
 
 /// Which optimiser (`--optimizer`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     Adam,
     Adamw,
     Sgd,
 }
+
+sorbier::spelled!(OptimizerKind, "optimizer", [Adam, Adamw, Sgd]);
 
 /// Optimiser settings, recorded in `config.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Which schedule (`--schedule`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
     None,
@@ -21,6 +21,8 @@ pub enum ScheduleKind {
     Plateau,
     Cosine,
 }
+
+sorbier::spelled!(ScheduleKind, "schedule", [None, Step, Plateau, Cosine]);
 
 /// Schedule settings, recorded in `config.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

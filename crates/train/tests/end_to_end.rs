@@ -140,7 +140,7 @@ fn an_efficientnet_and_a_resnet_predict_as_one_ensemble() {
         let rest = ["--images", &s(&data.join("test")), "--sample-submission", &s(&data.join("sample_submission.csv")), "--out", &s(&sub), "--save-logits", &s(&logits), "--quiet"];
         args.extend(rest.iter().map(|a| a.to_string()));
         run(predictor, &args.iter().map(String::as_str).collect::<Vec<_>>());
-        (read_csv(&sub), sorbier_predict::logits::load(&logits).unwrap())
+        (read_csv(&sub), sorbier_predict::output::logits::load(&logits).unwrap())
     };
     let (_, alone_a) = predict(&[&models[0]], "lite0");
     let (_, alone_b) = predict(&[&models[1]], "r18");

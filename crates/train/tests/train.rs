@@ -339,3 +339,62 @@ fn bad_requests_are_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("config.json"));
 }
+
+/// `args` with `--max-steps-per-epoch` set to `steps`.
+fn with_steps(mut args: Vec<String>, steps: usize) -> Vec<String> {
+    let i = args.iter().position(|a| a == "--max-steps-per-epoch").unwrap();
+    args[i + 1] = steps.to_string();
+    args
+}
+
+#[test]
+fn sigint_mid_epoch_commits_the_step_exits_75_and_resume_matches_an_uninterrupted_run() {
+    const STEPS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference");
+    ok(&with_steps(base_args(&reference, 2), STEPS));
+
+    // Epoch 1 commits, then SIGINT lands in epoch 2: a third of an epoch after last.json appears
+    // (retried with a shorter wait if it landed after the epoch's last step).
+    let mut delay = None;
+    for attempt in 0..4 {
+        let run = dir.path().join(format!("run{attempt}"));
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trainer")).args(with_steps(base_args(&run, 2), STEPS)).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        while !run.join("last.json").exists() {
+            assert!(started.elapsed() < Duration::from_secs(300), "epoch 1 never committed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let wait = *delay.get_or_insert(started.elapsed() / 3);
+        std::thread::sleep(wait);
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        if status.success() {
+            delay = Some(wait / 3); // the whole run finished first: stop sooner
+            continue;
+        }
+        assert_eq!(status.code(), Some(75), "{stderr}");
+        assert!(stderr.contains("stopped by SIGINT after step") && stderr.contains(&format!("trainer train --resume {}", run.display())), "{stderr}");
+        let stop: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("stopped.state.json")).unwrap()).unwrap();
+        let step = stop["progress"]["step"].as_u64().unwrap() as usize;
+        assert!((1..STEPS).contains(&step), "stopped at step {step}: not inside the epoch");
+        assert_eq!(stop["state"]["epoch"], 1, "epoch 1 was complete, epoch 2 was not");
+        // The last completed epoch is untouched, and the history has its one row.
+        assert_eq!(read_history(&run.join("history.csv")).unwrap().len(), 1);
+
+        let out = ok(&["train".to_string(), "--resume".to_string(), run.to_str().unwrap().to_string(), "--quiet".to_string()]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("resuming at step {} of epoch 2", step + 1)), "{}", String::from_utf8_lossy(&out.stdout));
+        for (a, b) in tensors(&run.join("last.safetensors")).iter().zip(tensors(&reference.join("last.safetensors"))) {
+            assert_eq!(a.0, b.0);
+            assert!(a.1.equal(&b.1), "{} differs from the uninterrupted run", a.0);
+        }
+        let (h, r) = (read_history(&run.join("history.csv")).unwrap(), read_history(&reference.join("history.csv")).unwrap());
+        assert_eq!(results(&h), results(&r), "the resumed epoch reports what the uninterrupted one did");
+        assert!(!run.join("stopped.state.json").exists(), "the stop record is removed once its epoch is committed");
+        return;
+    }
+    panic!("SIGINT never landed inside epoch 2");
+}

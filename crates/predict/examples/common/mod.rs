@@ -12,10 +12,10 @@ use sorbier::arch::Arch;
 use sorbier::export::{build_model, write_model, StateDict, Tensor};
 use sorbier::meta::ModelMeta;
 use sorbier::transforms::Preprocess;
-use sorbier_predict::ensemble::{Average, Ensemble, Outputs};
-use sorbier_predict::pipeline::{Pipeline, PipelineConfig};
-use sorbier_predict::runtime::{Device, Runtime};
-use sorbier_predict::tta::{Tta, Variant};
+use sorbier_predict::engine::ensemble::{Average, Ensemble, Outputs};
+use sorbier_predict::engine::pipeline::{Pipeline, PipelineConfig};
+use sorbier_predict::engine::runtime::{Device, Runtime};
+use sorbier_predict::engine::tta::{Tta, Variant};
 
 /// The workspace root.
 pub fn root() -> PathBuf {

@@ -31,19 +31,22 @@ use sorbier::onnx::{type_proto, ModelProto, NodeProto, TypeProto, ValueInfoProto
 use sorbier::transforms::Preprocess;
 
 use super::rewrite::Ranges;
-use super::tensor::int_attribute;
-use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::runtime::Runtime;
-use crate::tta::Variant;
+use sorbier::onnx::helpers::int_attribute;
+use crate::engine::pipeline::{Pipeline, PipelineConfig};
+use crate::engine::runtime::Runtime;
+use crate::engine::tta::Variant;
 
 /// How activation ranges are measured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Smallest and largest value seen.
     Minmax,
     /// The `--percentile` quantile at each end of a histogram.
     Percentile,
 }
+
+sorbier::spelled!(Method, "calibration method", [Minmax, Percentile]);
 
 /// Histogram bins per tensor for [`Method::Percentile`].
 pub const BINS: usize = 2048;

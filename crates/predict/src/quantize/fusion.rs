@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 
-use crate::runtime::Runtime;
+use crate::engine::runtime::Runtime;
 
 /// Operators of the graph ONNX Runtime actually runs, by type (domain dropped).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -33,16 +33,15 @@ use sorbier::export::{model_meta, read_model};
 use sorbier::meta::{ModelMeta, Quantization, PRECISION_INT8};
 use sorbier::onnx::{ModelProto, StringStringEntryProto};
 
-use crate::fingerprint::file_sha256;
-use crate::pipeline::PipelineConfig;
-use crate::runtime::Runtime;
+use crate::output::fingerprint::file_sha256;
+use crate::engine::pipeline::PipelineConfig;
+use crate::engine::runtime::Runtime;
 
 pub mod calibrate;
 pub mod fusion;
 pub mod params;
 pub mod plan;
 pub mod rewrite;
-pub mod tensor;
 
 pub use calibrate::{CalibrationSet, Method, Source};
 pub use fusion::Fusion;

@@ -14,7 +14,7 @@
 use anyhow::{bail, Result};
 
 /// Integer type of the activations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ActivationType {
     /// uint8, codes 0–255 (ONNX Runtime's default on x86).
@@ -22,6 +22,8 @@ pub enum ActivationType {
     /// int8, codes −128–127.
     Int8,
 }
+
+sorbier::spelled!(ActivationType, "activation type", [Uint8, Int8]);
 
 impl ActivationType {
     pub fn range(self) -> (i32, i32) {
@@ -32,10 +34,7 @@ impl ActivationType {
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            ActivationType::Uint8 => "uint8",
-            ActivationType::Int8 => "int8",
-        }
+        sorbier::spelling::Spelling::name(&self)
     }
 }
 

@@ -24,7 +24,7 @@ use anyhow::{bail, Result};
 use sorbier::onnx::tensor_proto::DataType;
 use sorbier::onnx::{GraphProto, ModelProto, TensorProto};
 
-use super::tensor::{attr_float, attr_int, constant_value, has_attr, is_float, scalar};
+use sorbier::onnx::helpers::{get_float, get_int, constant_value, has_attr, is_float, scalar};
 
 /// How a quantised node is treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +91,7 @@ pub fn check_float32(model: &ModelProto) -> Result<&GraphProto> {
         bail!("the model is already quantised (it has a {} node); quantise its float32 parent", n.op_type.as_deref().unwrap_or(""));
     }
     let half = [DataType::Float16 as i32, DataType::Bfloat16 as i32];
-    let casts_to_half = g.node.iter().any(|n| n.op_type.as_deref() == Some("Cast") && half.contains(&(attr_int(n, "to", 0) as i32)));
+    let casts_to_half = g.node.iter().any(|n| n.op_type.as_deref() == Some("Cast") && half.contains(&(get_int(n, "to", 0) as i32)));
     if casts_to_half || g.initializer.iter().any(|t| t.data_type.is_some_and(|d| half.contains(&d))) {
         bail!(
             "this is a float16 model: int8 quantisation starts from float32 weights (the rounding to float16 would be \
@@ -167,8 +167,8 @@ impl<'g> Index<'g> {
         match n.op_type.as_deref()? {
             "Conv" if activation(0) && weight_rank(1).is_some_and(|r| r >= 3) && bias_ok(2, w_dim(1, 0)) => Some(Role::Weighted { axis: 0 }),
             "Gemm" if activation(0) && weight_rank(1) == Some(2) => {
-                let plain = attr_int(n, "transA", 0) == 0 && attr_float(n, "alpha", 1.0) == 1.0 && attr_float(n, "beta", 1.0) == 1.0;
-                let axis = if attr_int(n, "transB", 0) == 1 { 0 } else { 1 };
+                let plain = get_int(n, "transA", 0) == 0 && get_float(n, "alpha", 1.0) == 1.0 && get_float(n, "beta", 1.0) == 1.0;
+                let axis = if get_int(n, "transB", 0) == 1 { 0 } else { 1 };
                 (plain && bias_ok(2, w_dim(1, axis))).then_some(Role::Weighted { axis })
             }
             "MatMul" if activation(0) && weight_rank(1) == Some(2) => Some(Role::Weighted { axis: 1 }),
@@ -189,7 +189,7 @@ impl<'g> Index<'g> {
                 // Opset ≥ 11: bounds are inputs (constants here); before: attributes.
                 let min = match n.input.get(1).filter(|x| !x.is_empty()) {
                     Some(x) => self.float_constant(x).and_then(|t| scalar(t).ok()),
-                    None if has_attr(n, "min") => Some(attr_float(n, "min", f32::MIN)),
+                    None if has_attr(n, "min") => Some(get_float(n, "min", f32::MIN)),
                     None => None,
                 };
                 let max_known = match n.input.get(2).filter(|x| !x.is_empty()) {

@@ -12,7 +12,7 @@ use sorbier::onnx::{GraphProto, ModelProto, NodeProto, TensorProto};
 
 use super::params::{self, ActivationType, Affine};
 use super::plan::{check_float32, Index, Params, Plan, QNode, Role};
-use super::tensor::{dims, f32_tensor, floats, i32_tensor, i8_tensor, int_attribute, u8_tensor};
+use sorbier::onnx::helpers::{dims, f32_tensor, floats, i32_tensor, i8_tensor, int_attribute, u8_tensor};
 
 /// Observed `[min, max]` of each calibrated tensor, by name.
 pub type Ranges = HashMap<String, (f32, f32)>;
@@ -98,24 +98,7 @@ pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationT
     let ix = Index::new(g);
     let mut w = Writer { names: Names::of(g), nodes: Vec::new(), inits: Vec::new() };
 
-    let mut act: HashMap<String, Activation> = HashMap::new();
-    for (t, how) in &plan.tensors {
-        let a = match how {
-            Params::Calibrated => {
-                let &(lo, hi) = ranges.get(t).with_context(|| format!("no calibrated range for tensor {t}"))?;
-                let affine = params::activation(lo, hi, ty).with_context(|| format!("tensor {t}"))?;
-                let (scale, zero_point) = (w.names.fresh(&format!("{t}_scale")), w.names.fresh(&format!("{t}_zero_point")));
-                w.inits.push(f32_tensor(&scale, &[], &[affine.scale]));
-                w.inits.push(match ty {
-                    ActivationType::Uint8 => u8_tensor(&zero_point, &[], &[affine.zero_point as u8]),
-                    ActivationType::Int8 => i8_tensor(&zero_point, &[], &[affine.zero_point as i8]),
-                });
-                Activation { affine, scale, zero_point }
-            }
-            Params::SameAs(s) => act.get(s).with_context(|| format!("tensor {t} follows {s}, which is not quantised"))?.clone(),
-        };
-        act.insert(t.clone(), a);
-    }
+    let act = activations(&mut w, plan, ranges, ty)?;
 
     // Float tensor → the DequantizeLinear output its consumers read instead.
     let mut dequantized: HashMap<String, String> = HashMap::new();
@@ -182,8 +165,37 @@ pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationT
         }
     }
 
-    // What nothing reads any more goes: quantised float weights, the bounds of folded Clips,
-    // Constant nodes that held either (ONNX Runtime would warn about each).
+    Ok(ModelProto { graph: Some(pruned(g, &ix, w)), ..model.clone() })
+}
+
+/// The scale and zero point of every planned activation: new initializers for the calibrated
+/// ones, shared for those that must match another tensor's.
+fn activations(w: &mut Writer, plan: &Plan, ranges: &Ranges, ty: ActivationType) -> Result<HashMap<String, Activation>> {
+    let mut act: HashMap<String, Activation> = HashMap::new();
+    for (t, how) in &plan.tensors {
+        let a = match how {
+            Params::Calibrated => {
+                let &(lo, hi) = ranges.get(t).with_context(|| format!("no calibrated range for tensor {t}"))?;
+                let affine = params::activation(lo, hi, ty).with_context(|| format!("tensor {t}"))?;
+                let (scale, zero_point) = (w.names.fresh(&format!("{t}_scale")), w.names.fresh(&format!("{t}_zero_point")));
+                w.inits.push(f32_tensor(&scale, &[], &[affine.scale]));
+                w.inits.push(match ty {
+                    ActivationType::Uint8 => u8_tensor(&zero_point, &[], &[affine.zero_point as u8]),
+                    ActivationType::Int8 => i8_tensor(&zero_point, &[], &[affine.zero_point as i8]),
+                });
+                Activation { affine, scale, zero_point }
+            }
+            Params::SameAs(s) => act.get(s).with_context(|| format!("tensor {t} follows {s}, which is not quantised"))?.clone(),
+        };
+        act.insert(t.clone(), a);
+    }
+    Ok(act)
+}
+
+/// `g` with the rewritten nodes, less what nothing reads any more: quantised float weights,
+/// the bounds of folded Clips, Constant nodes that held either (ONNX Runtime would warn about
+/// each).
+fn pruned(g: &GraphProto, ix: &Index, mut w: Writer) -> GraphProto {
     let reads = |nodes: &[NodeProto]| -> HashSet<String> {
         nodes.iter().flat_map(|n| n.input.iter().cloned()).chain(ix.outputs.iter().map(|s| s.to_string())).collect()
     };
@@ -198,5 +210,5 @@ pub fn rewrite(model: &ModelProto, plan: &Plan, ranges: &Ranges, ty: ActivationT
     let produced: HashSet<&str> = w.nodes.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
     graph.value_info.retain(|v| produced.contains(v.name.as_deref().unwrap_or("")));
     graph.node = w.nodes;
-    Ok(ModelProto { graph: Some(graph), ..model.clone() })
+    graph
 }

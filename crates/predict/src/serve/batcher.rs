@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use super::http::ApiError;
 use super::metrics::Metrics;
-use crate::ensemble::{weighted_mean, Ensemble};
+use crate::engine::ensemble::{weighted_mean, Ensemble};
 
 /// What a job runs: the whole ensemble, or one member alone (its own Open Inference Protocol model).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

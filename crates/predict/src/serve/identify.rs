@@ -23,10 +23,9 @@ use serde_json::json;
 
 use super::batcher::Target;
 use super::http::{read_body, ApiError, Images};
-use super::models::value_name;
 use super::AppState;
-use crate::ensemble::{check_weights, probabilities, weighted_mean};
-use crate::submit::top_k;
+use crate::engine::ensemble::{check_weights, probabilities, weighted_mean};
+use crate::engine::ensemble::top_k;
 
 /// Results returned when `top_k` is not given (fewer when the model has fewer classes).
 pub const DEFAULT_TOP_K: usize = 5;
@@ -136,8 +135,8 @@ pub async fn identify(State(state): State<Arc<AppState>>, Query(query): Query<Id
             "name": model.name,
             "version": model.version,
             "runs": model.runs,
-            "average": value_name(&state.catalog.average),
-            "tta": value_name(&state.catalog.tta),
+            "average": state.catalog.average.to_string(),
+            "tta": state.catalog.tta.to_string(),
         },
         "images": names.iter().zip(&sizes).zip(&weights).map(|((name, (w, h)), weight)| json!({ "name": name, "width": w, "height": h, "weight": weight })).collect::<Vec<_>>(),
         "batch_size": reply.batch_images,

@@ -29,7 +29,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::ModelOptions;
+use crate::engine::ModelOptions;
 
 pub mod batcher;
 pub mod http;

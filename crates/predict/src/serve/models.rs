@@ -16,12 +16,11 @@
 //! how they are combined (weights, average, TTA): the same files served the same way always
 //! have the same version, and anything that changes the answers changes it.
 use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
 use sha2::{Digest, Sha256};
 
 use super::batcher::Target;
-use crate::ensemble::{Average, Ensemble};
-use crate::tta::Tta;
+use crate::engine::ensemble::{Average, Ensemble};
+use crate::engine::tta::Tta;
 
 /// One model as the protocol shows it.
 #[derive(Clone, Debug)]
@@ -62,15 +61,10 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The `ValueEnum` name of a value (`hflip`, `logits`).
-pub fn value_name<T: ValueEnum>(v: &T) -> String {
-    v.to_possible_value().map_or_else(String::new, |p| p.get_name().to_string())
-}
-
 impl Catalog {
     /// The models `ens` is served as; `name` names the primary model.
     pub fn new(ens: &Ensemble, name: Option<&str>, tta: Tta) -> Result<Catalog> {
-        let how = |weights: &[f64]| serde_json::json!({ "weights": weights, "average": value_name(&ens.average), "tta": value_name(&tta) });
+        let how = |weights: &[f64]| serde_json::json!({ "weights": weights, "average": ens.average, "tta": tta });
         let version = |cards: Vec<&sorbier::meta::ModelMeta>, weights: &[f64]| -> Result<String> {
             let text = serde_json::to_string(&serde_json::json!({ "cards": cards, "combined": how(weights) })).context("cannot serialise the model cards")?;
             Ok(Sha256::digest(text.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect())

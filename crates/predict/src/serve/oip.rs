@@ -30,7 +30,7 @@ use serde_json::{json, Map, Value};
 use super::http::{read_body, ApiError, Images};
 use super::models::ServedModel;
 use super::AppState;
-use crate::submit::top_k;
+use crate::engine::ensemble::top_k;
 
 /// The binary tensor data extension's header: the length of the JSON part of the body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -107,8 +107,8 @@ pub async fn model_metadata(State(state): State<Arc<AppState>>, Path(path): Path
     let c = &state.catalog;
     let mut parameters = json!({
         "classes": c.classes,
-        "average": super::models::value_name(&c.average),
-        "tta": super::models::value_name(&c.tta),
+        "average": c.average.to_string(),
+        "tta": c.tta.to_string(),
         "runs": model.runs,
     });
     if !model.members.is_empty() {

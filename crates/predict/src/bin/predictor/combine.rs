@@ -1,12 +1,13 @@
-//! `predictor merge` and `predictor blend`: the command lines of [`sorbier_predict::shard::merge`]
-//! and [`sorbier_predict::blend::blend`], which combine saved logits without running a model.
+//! `predictor merge` and `predictor blend`: the command lines of [`sorbier_predict::commands::merge::merge`]
+//! and [`sorbier_predict::commands::blend::blend`], which combine saved logits without running a model.
+use sorbier::cli::spelled;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use sorbier_predict::blend::{self, BlendOptions};
-use sorbier_predict::ensemble::Average;
-use sorbier_predict::shard::{self, MergeOptions};
-use sorbier_predict::submit::skipped_path;
+use sorbier_predict::commands::blend::{self, BlendOptions};
+use sorbier_predict::engine::ensemble::Average;
+use sorbier_predict::commands::merge::{self, MergeOptions};
+use sorbier_predict::output::submission::skipped_path;
 
 /// What merge and blend write.
 #[derive(Clone, Debug, clap::Args)]
@@ -40,7 +41,7 @@ pub struct BlendArgs {
     #[arg(long, value_delimiter = ',')]
     pub weights: Option<Vec<f64>>,
     /// Average raw logits or softmax probabilities.
-    #[arg(long, value_enum, default_value_t = Average::Logits)]
+    #[arg(long, value_parser = spelled::<Average>(), default_value_t = Average::Logits)]
     pub average: Average,
     #[command(flatten)]
     pub output: OutputArgs,
@@ -57,7 +58,7 @@ fn skipped_note(n: usize, out: &std::path::Path) -> String {
 pub fn merge(a: &MergeArgs) -> Result<()> {
     let out = &a.output;
     let o = MergeOptions { shards: a.shards.clone(), out: out.out.clone(), top_k: out.top_k, save_logits: out.save_logits.clone() };
-    let m = shard::merge(&o)?;
+    let m = merge::merge(&o)?;
     println!("wrote {} ({} rows, {} classes) from {} shards{}", out.out.display(), m.rows, m.classes, m.shards, skipped_note(m.skipped, &out.out));
     Ok(())
 }
@@ -73,7 +74,7 @@ pub fn blend(a: &BlendArgs) -> Result<()> {
         save_logits: out.save_logits.clone(),
     };
     let b = blend::blend(&o)?;
-    let how = format!("{:?}", a.average).to_lowercase();
+    let how = a.average.to_string();
     println!("wrote {} ({} rows, {} classes) blending {} files by {how}{}", out.out.display(), b.rows, b.classes, b.inputs, skipped_note(b.skipped, &out.out));
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `predictor quantize`: the command line of [`sorbier_predict::quantize`] (arguments and what
 //! it prints).
+use sorbier::cli::spelled;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -19,13 +20,13 @@ pub struct QuantizeArgs {
     #[arg(long, default_value_t = quantize::DEFAULT_IMAGES)]
     pub images: usize,
     /// How activation ranges are measured: minmax (one pass; the default, see the README) or percentile (two passes, clips outliers).
-    #[arg(long, value_enum, default_value_t = Method::Minmax)]
+    #[arg(long, value_parser = spelled::<Method>(), default_value_t = Method::Minmax)]
     pub method: Method,
     /// With --method percentile: the share of values kept at each end, in percent.
     #[arg(long, default_value_t = quantize::DEFAULT_PERCENTILE)]
     pub percentile: f64,
     /// Integer type of the activations (weights are always int8).
-    #[arg(long, value_enum, default_value_t = ActivationType::Uint8)]
+    #[arg(long, value_parser = spelled::<ActivationType>(), default_value_t = ActivationType::Uint8)]
     pub activations: ActivationType,
     /// Seed of the stratified draw of calibration images.
     #[arg(long, default_value_t = 0)]

