@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ndarray::Array2;
 use serde_json::{json, Value};
 use sorbier::transforms::{eval_into, eval_tensor_len, load_rgb, Preprocess};
 use sorbier_predict::ensemble::softmax;
@@ -477,6 +476,7 @@ fn bad_input_gets_a_clear_4xx_and_the_next_request_is_served() {
     assert_eq!(server.metric(r#"sorbier_http_requests_total{method="POST",route="/v1/identify",status="400"}"#), Some(10.0));
     assert_eq!(server.metric("sorbier_images_in_flight"), Some(0.0));
     assert!(!server.log_text().contains("panicked"), "{}", server.log_text());
+    drop(cases);
     assert!(server.stop().success());
 }
 

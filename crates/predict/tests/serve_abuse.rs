@@ -156,6 +156,7 @@ fn hostile_requests_are_refused_before_anything_is_allocated() {
     assert!(grown < 256 << 10, "peak RSS grew by {grown} KiB");
     assert_eq!(server.metric("sorbier_images_in_flight"), Some(0.0));
     assert!(!server.log_text().contains("panicked"), "{}", server.log_text());
+    drop(cases);
     assert!(server.stop().success());
 }
 
@@ -226,9 +227,10 @@ fn slow_and_abusive_clients_are_bounded_in_count_and_time() {
             .collect();
         // A flood of clients that hang up right after sending four photos.
         let (ct, form) = multipart(&[("images", Some("a.jpg"), &good), ("images", Some("b.jpg"), &good), ("images", Some("c.jpg"), &good), ("images", Some("d.jpg"), &good)]);
+        let srv = &server;
         let flood = scope.spawn(move || {
             for _ in 0..40 {
-                let mut s = connect(&server, Duration::from_secs(1));
+                let mut s = connect(srv, Duration::from_secs(1));
                 let head = format!("POST /v1/identify HTTP/1.1\r\nHost: x\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n", form.len());
                 let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(&form));
             }
@@ -485,15 +487,16 @@ fn generated_requests_get_a_4xx_or_a_correct_200() {
     let pool = Pool { photos, tensors, rows, results };
     let cases = std::env::var("SORBIER_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
-    let mut statuses = std::collections::BTreeMap::new();
+    let statuses = std::cell::RefCell::new(std::collections::BTreeMap::new());
     let outcome = runner.run(&gen_strategy(), |g| {
         let status = throw(&server, &pool, &g).map_err(TestCaseError::fail)?;
-        *statuses.entry(status).or_insert(0usize) += 1;
+        *statuses.borrow_mut().entry(status).or_insert(0usize) += 1;
         if server.get("/v2/health/ready").status != 200 {
             return Err(TestCaseError::fail("the server is not ready"));
         }
         Ok(())
     });
+    let statuses = statuses.into_inner();
     let rss = server.peak_rss_kib();
     println!("{cases} generated requests: statuses {statuses:?}; peak RSS {} MiB", rss >> 10);
     if let Err(e) = outcome {

@@ -182,7 +182,6 @@ impl Worker {
             self.metrics.queue_depth.sub(images as i64);
             // Jobs whose clients left are dropped unrun (which frees their admission).
             let (abandoned, round): (Vec<Job>, Vec<Job>) = round.into_iter().partition(Job::abandoned);
-            self.metrics.cancelled.inc_by(abandoned.iter().map(|j| j.items.len() as u64).sum());
             drop(abandoned);
             self.run_round(round);
         }

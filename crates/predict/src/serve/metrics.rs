@@ -40,7 +40,8 @@ pub struct Metrics {
     images_per_s: Gauge,
     /// `sorbier_open_connections`: HTTP connections open now (bounded by --max-connections).
     pub connections: IntGauge,
-    /// `sorbier_cancelled_images_total`: images whose work was skipped because their client left.
+    /// `sorbier_cancelled_images_total`: images admitted whose client left before the answer
+    /// (the work not yet started for them is skipped).
     pub cancelled: IntCounter,
     /// `sorbier_grpc_requests_total{method, code}`.
     grpc: IntCounterVec,
@@ -99,7 +100,7 @@ impl Metrics {
         let images = IntCounter::new("sorbier_images_total", "Images run through the models")?;
         let images_per_s = Gauge::new("sorbier_images_per_second", "Images run through the models per second, over the last 10 s")?;
         let connections = IntGauge::new("sorbier_open_connections", "HTTP connections open (bounded by --max-connections)")?;
-        let cancelled = IntCounter::new("sorbier_cancelled_images_total", "Images whose decoding or inference was skipped because their client left")?;
+        let cancelled = IntCounter::new("sorbier_cancelled_images_total", "Images admitted whose client left before the answer (work not started for them is skipped)")?;
         let grpc = IntCounterVec::new(Opts::new("sorbier_grpc_requests_total", "gRPC requests by method and status code"), &["method", "code"])?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(cancelled.clone()))?;

@@ -180,6 +180,9 @@ pub struct Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         self.metrics.in_flight.sub(self.n);
+        if self.cancelled() {
+            self.metrics.cancelled.inc_by(self.n as u64);
+        }
     }
 }
 
