@@ -13,7 +13,7 @@
 //!
 //! `cargo run --release -p sorbier-predict --example bench_serve -- [--images DIR] [--arch resnet18]
 //!  [--size 224] [--clients 16] [--seconds 20] [--max-requests 20000] [--single 40] [--batch 32]
-//!  [--max-delay-ms 5] [--threads 2] [--workers 2] [--limit N]`
+//!  [--max-delay-ms 5] [--threads 2] [--workers 2] [--limit N] [--exe target/release/predictor]`
 //! (tools/bench-serve.sh builds the release predictor and runs exactly this).
 fn main() -> anyhow::Result<()> {
     bench::main()
@@ -54,6 +54,7 @@ mod bench {
         workers: usize,
         limit: usize,
         models: PathBuf,
+        exe: PathBuf,
     }
 
     fn parse() -> Result<Opts> {
@@ -72,6 +73,7 @@ mod bench {
             workers: 2,
             limit: 0,
             models: root.join("target/bench-predict"),
+            exe: root.join("target/release/predictor"),
         };
         for (k, v) in common::options()? {
             match k.as_str() {
@@ -88,6 +90,7 @@ mod bench {
                 "--workers" => o.workers = v.parse()?,
                 "--limit" => o.limit = v.parse()?,
                 "--models" => o.models = v.into(),
+                "--exe" => o.exe = v.into(),
                 _ => bail!("unknown option {k}"),
             }
         }
@@ -267,42 +270,19 @@ mod bench {
         sorted[i].as_secs_f64() * 1e3
     }
 
-    pub fn main() -> Result<()> {
-        let o = parse()?;
-        let root = common::root();
-        let exe = root.join("target/release/predictor");
-        if !exe.exists() {
-            bail!("{} is missing: build it with `cargo build --release --bin predictor` (tools/bench-serve.sh does)", exe.display());
-        }
-        let names = common::images(&o.images, o.limit)?;
-        if names.is_empty() {
-            bail!("no images in {}", o.images.display());
-        }
-        let photos: Arc<Vec<Vec<u8>>> = Arc::new(names.iter().map(std::fs::read).collect::<std::io::Result<_>>()?);
-        let n = names.len();
-        let paths: Arc<[PathBuf]> = names.into();
-        let model = common::random_model(&o.models, o.arch, o.size)?;
-        let cpus = sorbier::data::pool::default_threads();
-        println!(
-            "{n} photos from {}, {} {}px, batch ≤ {}, delay ≤ {} ms, {} ORT threads, {} workers, cpu, {cpus} cores",
-            o.images.display(),
-            o.arch.name(),
-            o.size,
-            o.batch,
-            o.max_delay_ms,
-            o.threads,
-            o.workers
-        );
-
+    /// The batch predictor on the photos (images/s), one image's forward pass and one photo's
+    /// decode + transform (medians, ms); also the decoded batches, whose tensors the tensor
+    /// clients send.
+    fn batch_figures(o: &Opts, model: &std::path::Path, paths: &Arc<[PathBuf]>, photos: &[Vec<u8>]) -> Result<(Vec<Array4<f32>>, f64, f64, f64)> {
         // The batch predictor on the same photos, and one image's forward pass.
         let rt = Runtime::load(None)?;
         let pre = Preprocess::for_crop(o.size);
         let cfg = PipelineConfig { batch_size: o.batch, workers: o.workers, prefetch: 2 };
-        let batches = common::decode(&paths, &pre, &cfg)?;
-        let (_, out) = common::throughput(&rt, &model, Device::Cpu, o.threads, &batches, &paths, &cfg)?;
+        let batches = common::decode(paths, &pre, &cfg)?;
+        let (_, out) = common::throughput(&rt, model, Device::Cpu, o.threads, &batches, paths, &cfg)?;
         let batch_rate = out.images_per_s;
         let forward_ms = {
-            let mut ens = Ensemble::open(&rt, std::slice::from_ref(&model), None, Average::Logits, Device::Cpu, o.threads)?;
+            let mut ens = Ensemble::open(&rt, &[model.to_path_buf()], None, Average::Logits, Device::Cpu, o.threads)?;
             let c = ens.classes.len();
             let one: Array4<f32> = batches[0].slice(ndarray::s![0..1, .., .., ..]).to_owned();
             ens.members[0].forward(one.view(), c)?;
@@ -333,6 +313,128 @@ mod bench {
             t.sort();
             percentile(&t, 0.5)
         };
+
+        Ok((batches, batch_rate, forward_ms, prep_ms))
+    }
+
+    /// Runs `send(i)` from `o.clients` threads for `o.seconds` (at most `o.max_requests` in all):
+    /// the latencies (sorted), the errors, and the seconds it took.
+    fn load(o: &Opts, send: &(dyn Fn(usize) -> std::result::Result<Duration, String> + Sync)) -> Run {
+        let next = AtomicUsize::new(0);
+        let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
+        let t = Instant::now();
+        let results: Vec<(Vec<Duration>, Vec<String>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..o.clients)
+                .map(|_| {
+                    let next = &next;
+                    scope.spawn(move || {
+                        let (mut ok, mut errors) = (Vec::new(), Vec::new());
+                        while Instant::now() < deadline {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= o.max_requests {
+                                break;
+                            }
+                            match send(i) {
+                                Ok(d) => ok.push(d),
+                                Err(e) => errors.push(e),
+                            }
+                        }
+                        (ok, errors)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("client thread panicked")).collect()
+        });
+        let elapsed = t.elapsed().as_secs_f64();
+        let mut lat: Vec<Duration> = results.iter().flat_map(|(ok, _)| ok.iter().copied()).collect();
+        lat.sort();
+        (lat, results.into_iter().flat_map(|(_, e)| e).collect(), elapsed)
+    }
+
+    #[derive(Clone, Copy)]
+    struct Figures {
+        batch_rate: f64,
+        forward_ms: f64,
+        prep_ms: f64,
+        rss: f64,
+    }
+
+    type Run = (Vec<Duration>, Vec<String>, f64);
+
+    /// The table: one client's latency, then each loaded run (name, run, mean batch).
+    fn print_table(f: &Figures, single: &[Duration], single_errors: usize, runs: &[(String, &Run, String)]) {
+        let Figures { batch_rate, forward_ms, prep_ms, rss } = *f;
+        println!(
+            "batch predictor (same photos, same threads): {batch_rate:.1} img/s; one image: forward pass {forward_ms:.1} ms, decode + transform {prep_ms:.1} ms"
+        );
+        println!(
+            "{:<26} {:>9} {:>10} {:>9} {:>9} {:>9} {:>10} {:>7} {:>9} {:>10}",
+            "load", "requests", "img/s", "p50 ms", "p95 ms", "p99 ms", "mean batch", "errors", "RSS MiB", "vs batch"
+        );
+        println!(
+            "{:<26} {:>9} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>7} {:>9} {:>10}",
+            "1 client, photos",
+            single.len(),
+            single.len() as f64 / single.iter().map(Duration::as_secs_f64).sum::<f64>(),
+            percentile(single, 0.5),
+            percentile(single, 0.95),
+            percentile(single, 0.99),
+            "-",
+            single_errors,
+            "-",
+            format!("{:.2}× fwd+prep", percentile(single, 0.5) / (forward_ms + prep_ms))
+        );
+        let row = |what: String, (lat, errors, elapsed): &Run, batch: String| {
+            let rate = lat.len() as f64 / elapsed;
+            println!(
+                "{:<26} {:>9} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>7} {:>9.0} {:>10.2}",
+                what,
+                lat.len(),
+                rate,
+                percentile(lat, 0.5),
+                percentile(lat, 0.95),
+                percentile(lat, 0.99),
+                batch,
+                errors.len(),
+                rss,
+                rate / batch_rate
+            );
+            if let Some(e) = errors.first() {
+                println!("  first error: {e}");
+            }
+        };
+        for (what, run, batch) in runs {
+            row(what.clone(), run, batch.clone());
+        }
+    }
+
+    pub fn main() -> Result<()> {
+        let o = parse()?;
+        let exe = o.exe.clone();
+        if !exe.exists() {
+            bail!("{} is missing: build it with `cargo build --release --bin predictor` (tools/bench-serve.sh does)", exe.display());
+        }
+        let names = common::images(&o.images, o.limit)?;
+        if names.is_empty() {
+            bail!("no images in {}", o.images.display());
+        }
+        let photos: Arc<Vec<Vec<u8>>> = Arc::new(names.iter().map(std::fs::read).collect::<std::io::Result<_>>()?);
+        let n = names.len();
+        let paths: Arc<[PathBuf]> = names.into();
+        let model = common::random_model(&o.models, o.arch, o.size)?;
+        let cpus = sorbier::data::pool::default_threads();
+        println!(
+            "{n} photos from {}, {} {}px, batch ≤ {}, delay ≤ {} ms, {} ORT threads, {} workers, cpu, {cpus} cores",
+            o.images.display(),
+            o.arch.name(),
+            o.size,
+            o.batch,
+            o.max_delay_ms,
+            o.threads,
+            o.workers
+        );
+
+        let (batches, batch_rate, forward_ms, prep_ms) = batch_figures(&o, &model, &paths, &photos)?;
 
         let args: Vec<String> = [
             "--model".to_string(),
@@ -371,90 +473,24 @@ mod bench {
 
         // N clients for a fixed time: photos, then tensors over HTTP and over gRPC.
         let (sum0, count0) = server.histogram(&agent, "sorbier_batch_size")?;
-        let load = |send: &(dyn Fn(usize) -> std::result::Result<Duration, String> + Sync)| -> (Vec<Duration>, Vec<String>, f64) {
-            let next = AtomicUsize::new(0);
-            let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
-            let t = Instant::now();
-            let results: Vec<(Vec<Duration>, Vec<String>)> = std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..o.clients)
-                    .map(|_| {
-                        let next = &next;
-                        scope.spawn(move || {
-                            let (mut ok, mut errors) = (Vec::new(), Vec::new());
-                            while Instant::now() < deadline {
-                                let i = next.fetch_add(1, Ordering::Relaxed);
-                                if i >= o.max_requests {
-                                    break;
-                                }
-                                match send(i) {
-                                    Ok(d) => ok.push(d),
-                                    Err(e) => errors.push(e),
-                                }
-                            }
-                            (ok, errors)
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().expect("client thread panicked")).collect()
-            });
-            let elapsed = t.elapsed().as_secs_f64();
-            let mut lat: Vec<Duration> = results.iter().flat_map(|(ok, _)| ok.iter().copied()).collect();
-            lat.sort();
-            (lat, results.into_iter().flat_map(|(_, e)| e).collect(), elapsed)
-        };
-        let photos_run = load(&|i| identify(&agent, &url, &photos[i % n]));
+        let photos_run = load(&o, &|i| identify(&agent, &url, &photos[i % n]));
         let (sum1, count1) = server.histogram(&agent, "sorbier_batch_size")?;
         let tensors: Vec<Vec<f32>> = (0..n.min(64)).map(|i| batches[i / o.batch].slice(ndarray::s![i % o.batch, .., .., ..]).iter().copied().collect()).collect();
         let infer_url = format!("{}/v2/models/{}/infer", server.base, model.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned()));
-        let http_run = load(&|i| infer_http(&agent, &infer_url, &tensors[i % tensors.len()], o.size));
+        let http_run = load(&o, &|i| infer_http(&agent, &infer_url, &tensors[i % tensors.len()], o.size));
         let grpc = GrpcClients::new(&server.grpc, o.clients, &model)?;
-        let grpc_run = load(&|i| grpc.infer(i, &tensors[i % tensors.len()], o.size));
+        let grpc_run = load(&o, &|i| grpc.infer(i, &tensors[i % tensors.len()], o.size));
         let rss = server.peak_rss_mib()?;
         let status = server.stop()?;
         let mean_batch = if count1 > count0 { (sum1 - sum0) / (count1 - count0) } else { f64::NAN };
 
-        println!(
-            "batch predictor (same photos, same threads): {batch_rate:.1} img/s; one image: forward pass {forward_ms:.1} ms, decode + transform {prep_ms:.1} ms"
-        );
-        println!(
-            "{:<26} {:>9} {:>10} {:>9} {:>9} {:>9} {:>10} {:>7} {:>9} {:>10}",
-            "load", "requests", "img/s", "p50 ms", "p95 ms", "p99 ms", "mean batch", "errors", "RSS MiB", "vs batch"
-        );
-        println!(
-            "{:<26} {:>9} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>7} {:>9} {:>10}",
-            "1 client, photos",
-            single.len(),
-            single.len() as f64 / single.iter().map(Duration::as_secs_f64).sum::<f64>(),
-            percentile(&single, 0.5),
-            percentile(&single, 0.95),
-            percentile(&single, 0.99),
-            "-",
-            single_errors,
-            "-",
-            format!("{:.2}× fwd+prep", percentile(&single, 0.5) / (forward_ms + prep_ms))
-        );
-        let row = |what: String, (lat, errors, elapsed): &(Vec<Duration>, Vec<String>, f64), batch: String| {
-            let rate = lat.len() as f64 / elapsed;
-            println!(
-                "{:<26} {:>9} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>7} {:>9.0} {:>10.2}",
-                what,
-                lat.len(),
-                rate,
-                percentile(lat, 0.5),
-                percentile(lat, 0.95),
-                percentile(lat, 0.99),
-                batch,
-                errors.len(),
-                rss,
-                rate / batch_rate
-            );
-            if let Some(e) = errors.first() {
-                println!("  first error: {e}");
-            }
-        };
-        row(format!("{} clients, photos", o.clients), &photos_run, format!("{mean_batch:.1}"));
-        row(format!("{} clients, tensors HTTP", o.clients), &http_run, "-".into());
-        row(format!("{} clients, tensors gRPC", o.clients), &grpc_run, "-".into());
+        let figures = Figures { batch_rate, forward_ms, prep_ms, rss };
+        let runs = [
+            (format!("{} clients, photos", o.clients), &photos_run, format!("{mean_batch:.1}")),
+            (format!("{} clients, tensors HTTP", o.clients), &http_run, "-".to_string()),
+            (format!("{} clients, tensors gRPC", o.clients), &grpc_run, "-".to_string()),
+        ];
+        print_table(&figures, &single, single_errors, &runs);
         if !status.success() {
             bail!("the server exited with {status} after SIGTERM");
         }
