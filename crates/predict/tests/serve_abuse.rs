@@ -283,6 +283,26 @@ fn slow_and_abusive_clients_are_bounded_in_count_and_time() {
     assert!(server.stop().success());
 }
 
+/// Beyond `--max-connections`, new clients wait in the accept queue (nothing more is accepted)
+/// and are served once a place frees up.
+#[test]
+fn connections_beyond_the_limit_wait_for_a_place() {
+    let server = start(&["--max-connections", "3", "--header-timeout-s", "2", "--idle-timeout-s", "2"]);
+    assert_eq!(server.get("/v2/health/live").status, 200);
+    // ureq keeps its connection alive: let it time out so the three below hold every place.
+    std::thread::sleep(Duration::from_millis(2500));
+    let silent: Vec<TcpStream> = (0..3).map(|_| connect(&server, Duration::from_secs(1))).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let (status, _) = exchange(&server, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let waited = t.elapsed();
+    println!("a fourth client waited {waited:?} for one of 3 places");
+    assert_eq!(status, 200);
+    assert!(waited >= Duration::from_millis(1200) && waited < Duration::from_secs(10), "waited {waited:?}");
+    drop(silent);
+    assert!(server.stop().success());
+}
+
 /// Starts an 8-image-per-variant request that takes a while (D4 TTA) on another connection and
 /// returns it once the server counts its images in flight.
 fn raw_infer(server: &Server, n: usize, first: usize) -> TcpStream {
