@@ -16,6 +16,9 @@
 //! HTTP/2 keep-alive pings every `--idle-timeout-s` that must be answered within
 //! `--header-timeout-s`. HTTP statuses map onto gRPC codes: 400 → INVALID_ARGUMENT, 404 →
 //! NOT_FOUND, 413 → RESOURCE_EXHAUSTED, 503 → UNAVAILABLE, others → INTERNAL.
+//!
+//! Unlike HTTP bodies, a message takes its room in the body budget only once tonic has decoded
+//! it: until then a connection may hold up to [`STREAMS_PER_CONNECTION`] × `--max-body-mb`.
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
