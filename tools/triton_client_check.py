@@ -8,14 +8,16 @@ extension; unknown models and wrong shapes must be errors, not answers.
 The input batch is read from a safetensors file (tensor `input`, N x 3 x S x S float32, made by
 the Rust test with the model's own preprocessing); the outputs the server returned are written
 to --out (tensors `binary` and `json`) for the test to compare with `predictor predict`'s
-logits. A one-line JSON summary goes to stdout. Any failed check raises, so the exit status says
-whether the server conforms.
+logits. A one-line JSON summary goes to stdout. Any failed check raises (explicit checks, not
+`assert`, so they also run under `python -O`), so the exit status says whether the server
+conforms.
 
   .venv/bin/python tools/triton_client_check.py --url 127.0.0.1:PORT --model NAME \
       --input in.safetensors --out out.safetensors [--top-k 3]
 """
 import argparse
 import json
+import urllib.request
 
 import numpy as np
 import tritonclient.http as httpclient
@@ -23,14 +25,44 @@ from safetensors.numpy import load_file, save_file
 from tritonclient.utils import InferenceServerException
 
 
+class CheckFailed(Exception):
+    pass
+
+
+def check(ok, what):
+    """Raises CheckFailed(what) unless ok."""
+    if not ok:
+        raise CheckFailed(what)
+
+
 def expect_error(what, call, needle):
     try:
         call()
     except InferenceServerException as e:
         msg = str(e)
-        assert needle in msg, f"{what}: the error does not mention {needle!r}: {msg}"
+        check(needle in msg, f"{what}: the error does not mention {needle!r}: {msg}")
         return msg
-    raise AssertionError(f"{what}: the server answered instead of refusing")
+    raise CheckFailed(f"{what}: the server answered instead of refusing")
+
+
+def raw_binary_infer(url, model, inp, out_name):
+    """The request tritonclient builds for binary tensors both ways, posted with urllib so that
+    the reply's headers and bytes can be checked as they came: (JSON header, raw tail)."""
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([inp], outputs=[httpclient.InferRequestedOutput(out_name, binary_data=True)])
+    req = urllib.request.Request(
+        f"http://{url}/v2/models/{model}/infer",
+        data=body,
+        headers={"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(json_size)},
+    )
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        header_length = resp.headers.get("Inference-Header-Content-Length")
+        content_type = resp.headers.get("Content-Type")
+        raw = resp.read()
+    check(header_length is not None, f"a binary reply has no Inference-Header-Content-Length header (Content-Type {content_type})")
+    check(content_type == "application/octet-stream", f"a binary reply has Content-Type {content_type}")
+    header_length = int(header_length)
+    check(0 < header_length <= len(raw), f"Inference-Header-Content-Length {header_length} for a {len(raw)}-byte reply")
+    return json.loads(raw[:header_length]), raw[header_length:]
 
 
 def main():
@@ -43,36 +75,36 @@ def main():
     a = ap.parse_args()
 
     x = load_file(a.input)["input"]
-    assert x.dtype == np.float32 and x.ndim == 4, (x.dtype, x.shape)
+    check(x.dtype == np.float32 and x.ndim == 4, f"the input is not N x 3 x S x S float32: {x.dtype} {x.shape}")
     n, _, s, _ = x.shape
 
     client = httpclient.InferenceServerClient(url=a.url)
-    assert client.is_server_live(), "server not live"
-    assert client.is_server_ready(), "server not ready"
-    assert client.is_model_ready(a.model), "model not ready"
-    assert not client.is_model_ready("no-such-model"), "an unknown model is ready"
+    check(client.is_server_live(), "server not live")
+    check(client.is_server_ready(), "server not ready")
+    check(client.is_model_ready(a.model), "model not ready")
+    check(not client.is_model_ready("no-such-model"), "an unknown model is ready")
 
     server = client.get_server_metadata()
-    assert server["name"] == "sorbier", server
+    check(server["name"] == "sorbier", f"server metadata: {server}")
     for ext in ("binary_tensor_data", "classification"):
-        assert ext in server["extensions"], server
+        check(ext in server["extensions"], f"extension {ext} missing: {server}")
 
     meta = client.get_model_metadata(a.model)
-    assert meta["name"] == a.model, meta
-    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, s, s]}], meta["inputs"]
+    check(meta["name"] == a.model, f"model metadata names another model: {meta}")
+    check(meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, s, s]}], f"model inputs: {meta['inputs']}")
     [out] = meta["outputs"]
-    assert out["datatype"] == "FP32" and out["shape"][0] == -1 and len(out["shape"]) == 2, out
+    check(out["datatype"] == "FP32" and out["shape"][0] == -1 and len(out["shape"]) == 2, f"model output: {out}")
     out_name, classes = out["name"], out["shape"][1]
     [version] = meta["versions"]
-    assert client.get_model_metadata(a.model, version) == meta
-    assert client.is_model_ready(a.model, version)
+    check(client.get_model_metadata(a.model, version) == meta, "the metadata of the model's version differs from the model's")
+    check(client.is_model_ready(a.model, version), f"version {version} not ready")
     expect_error("unknown version", lambda: client.get_model_metadata(a.model, "0"), "no version")
     expect_error("unknown model", lambda: client.get_model_metadata("no-such-model"), "unknown model")
 
     config = client.get_model_config(a.model)
-    assert config["max_batch_size"] >= 1 and config["input"][0]["dims"] == [3, s, s], config
+    check(config["max_batch_size"] >= 1 and config["input"][0]["dims"] == [3, s, s], f"model config: {config}")
     index = client.get_model_repository_index()
-    assert {"name": a.model, "version": version, "state": "READY"} in index, index
+    check({"name": a.model, "version": version, "state": "READY"} in index, f"repository index: {index}")
 
     # Binary tensors both ways: what the client does by default.
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
@@ -80,20 +112,31 @@ def main():
     r = client.infer(a.model, [inp], request_id="42")
     binary = r.as_numpy(out_name)
     resp = r.get_response()
-    assert resp["model_name"] == a.model and resp["model_version"] == version and resp["id"] == "42", resp
-    assert binary.shape == (n, classes) and binary.dtype == np.float32, (binary.shape, binary.dtype)
+    check(resp["model_name"] == a.model and resp["model_version"] == version and resp["id"] == "42", f"infer response header: {resp}")
+    check(binary.shape == (n, classes) and binary.dtype == np.float32, f"binary output: {binary.shape} {binary.dtype}")
+    # ... and the reply really was binary: tritonclient's as_numpy decodes JSON data too, so
+    # check the output carries binary_data_size and no "data", and the raw reply's header.
+    out_head = r.get_output(out_name)
+    check(out_head is not None and "data" not in out_head, f"the output came as JSON data: {out_head}")
+    check(out_head.get("parameters", {}).get("binary_data_size") == n * classes * 4, f"binary_data_size of the output: {out_head}")
+    head, tail = raw_binary_infer(a.url, a.model, inp, out_name)
+    [raw_out] = head["outputs"]
+    check("data" not in raw_out and raw_out["parameters"]["binary_data_size"] == n * classes * 4, f"raw binary reply header: {raw_out}")
+    check(len(tail) == n * classes * 4, f"{len(tail)} bytes of binary output for {n} x {classes} float32")
+    from_raw = np.frombuffer(tail, dtype="<f4").reshape(n, classes)
+    check(np.array_equal(from_raw, binary), "the raw reply's floats differ from tritonclient's")
 
     # JSON tensors both ways.
     inp_json = httpclient.InferInput("input", list(x.shape), "FP32")
     inp_json.set_data_from_numpy(x, binary_data=False)
     r = client.infer(a.model, [inp_json], outputs=[httpclient.InferRequestedOutput(out_name, binary_data=False)])
     as_json = r.as_numpy(out_name)
-    assert as_json.shape == (n, classes), as_json.shape
+    check(as_json.shape == (n, classes), f"JSON output shape {as_json.shape}")
 
     # The classification extension: top-k as "<value>:<index>:<label>".
     r = client.infer(a.model, [inp], outputs=[httpclient.InferRequestedOutput(out_name, class_count=a.top_k)])
     labels = r.as_numpy(out_name)
-    assert labels.shape == (n, a.top_k), labels.shape
+    check(labels.shape == (n, a.top_k), f"classification output shape {labels.shape}")
     labels = [[v.decode() if isinstance(v, bytes) else str(v) for v in row] for row in labels]
 
     # Wrong inputs are refused with a message.

@@ -4,14 +4,16 @@
 //! - one client: sequential `POST /v1/identify` requests (raw JPEG bodies), latency;
 //! - N clients: concurrent requests for a fixed time (and at most a fixed number of requests),
 //!   throughput, p50/p95/p99 latency, mean dynamic-batch size (from `/metrics`), errors, and
-//!   the server's peak RSS.
+//!   the server's peak RSS — with photos (`/v1/identify`, decoded by the server), and with
+//!   preprocessed tensors over the Open Inference Protocol, HTTP (binary tensors) beside gRPC
+//!   (`ModelInfer`, raw contents), one image a request, the same N clients.
 //!
 //! The model has seeded random weights (speed does not depend on them). Everything stops by
 //! itself; only 127.0.0.1 is used.
 //!
 //! `cargo run --release -p sorbier-predict --example bench_serve -- [--images DIR] [--arch resnet18]
 //!  [--size 224] [--clients 16] [--seconds 20] [--max-requests 20000] [--single 40] [--batch 32]
-//!  [--max-delay-ms 5] [--threads 2] [--workers 2] [--limit N]`
+//!  [--max-delay-ms 5] [--threads 2] [--workers 2] [--limit N] [--exe target/release/predictor]`
 //! (tools/bench-serve.sh builds the release predictor and runs exactly this).
 fn main() -> anyhow::Result<()> {
     bench::main()
@@ -52,6 +54,7 @@ mod bench {
         workers: usize,
         limit: usize,
         models: PathBuf,
+        exe: PathBuf,
     }
 
     fn parse() -> Result<Opts> {
@@ -70,6 +73,7 @@ mod bench {
             workers: 2,
             limit: 0,
             models: root.join("target/bench-predict"),
+            exe: root.join("target/release/predictor"),
         };
         for (k, v) in common::options()? {
             match k.as_str() {
@@ -86,6 +90,7 @@ mod bench {
                 "--workers" => o.workers = v.parse()?,
                 "--limit" => o.limit = v.parse()?,
                 "--models" => o.models = v.into(),
+                "--exe" => o.exe = v.into(),
                 _ => bail!("unknown option {k}"),
             }
         }
@@ -99,6 +104,7 @@ mod bench {
     struct Server {
         child: Child,
         base: String,
+        grpc: String,
     }
 
     impl Server {
@@ -106,7 +112,7 @@ mod bench {
             let mut child = Command::new(exe)
                 .arg("serve")
                 .args(args)
-                .args(["--listen", "127.0.0.1:0", "--quiet"])
+                .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--quiet"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -116,15 +122,19 @@ mod bench {
             let log = Arc::new(Mutex::new(Vec::new()));
             let lines = log.clone();
             std::thread::spawn(move || {
+                let mut grpc = String::new();
                 for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                    if let Some(addr) = line.strip_prefix("grpc listening on ") {
+                        grpc = format!("http://{addr}");
+                    }
                     if let Some(addr) = line.strip_prefix("listening on ") {
-                        let _ = tx.send(addr.to_string());
+                        let _ = tx.send((addr.to_string(), grpc.clone()));
                     }
                     lines.lock().unwrap().push(line);
                 }
             });
             match rx.recv_timeout(Duration::from_secs(120)) {
-                Ok(base) => Ok(Server { child, base }),
+                Ok((base, grpc)) => Ok(Server { child, base, grpc }),
                 Err(_) => {
                     let _ = child.kill();
                     bail!("the server did not start:\n{}", log.lock().unwrap().join("\n"))
@@ -190,6 +200,68 @@ mod bench {
         }
     }
 
+    /// One image's tensor through the Open Inference Protocol over HTTP, binary both ways.
+    fn infer_http(agent: &ureq::Agent, url: &str, x: &[f32], size: u32) -> std::result::Result<Duration, String> {
+        let t = Instant::now();
+        let head = serde_json::json!({
+            "inputs": [{ "name": "input", "shape": [1, 3, size, size], "datatype": "FP32", "parameters": { "binary_data_size": x.len() * 4 } }],
+            "parameters": { "binary_data_output": true },
+        });
+        let mut body = serde_json::to_vec(&head).map_err(|e| e.to_string())?;
+        let len = body.len().to_string();
+        body.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+        match agent.post(url).header("content-type", "application/octet-stream").header("inference-header-content-length", &len).send(&body[..]) {
+            Ok(mut r) if r.status() == 200 => {
+                r.body_mut().read_to_vec().map_err(|e| e.to_string())?;
+                Ok(t.elapsed())
+            }
+            Ok(mut r) => Err(format!("status {}: {}", r.status(), r.body_mut().read_to_string().unwrap_or_default())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    type GrpcClient = sorbier_predict::serve::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+    /// One gRPC connection per client, driven from a small tokio runtime.
+    struct GrpcClients {
+        runtime: tokio::runtime::Runtime,
+        clients: Vec<GrpcClient>,
+        model: String,
+    }
+
+    impl GrpcClients {
+        fn new(url: &str, n: usize, model: &std::path::Path) -> Result<GrpcClients> {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let clients = runtime.block_on(async {
+                let mut v = Vec::new();
+                for _ in 0..n {
+                    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?.connect().await?;
+                    v.push(GrpcClient::new(channel).max_decoding_message_size(64 << 20));
+                }
+                anyhow::Ok(v)
+            })?;
+            Ok(GrpcClients { runtime, clients, model: model.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned()) })
+        }
+
+        /// One image's tensor through `ModelInfer`, raw contents both ways (on client `i % n`).
+        fn infer(&self, i: usize, x: &[f32], size: u32) -> std::result::Result<Duration, String> {
+            use sorbier_predict::serve::grpc::pb::{model_infer_request::InferInputTensor, ModelInferRequest};
+            let t = Instant::now();
+            let req = ModelInferRequest {
+                model_name: self.model.clone(),
+                inputs: vec![InferInputTensor { name: "input".into(), datatype: "FP32".into(), shape: vec![1, 3, i64::from(size), i64::from(size)], ..Default::default() }],
+                raw_input_contents: vec![x.iter().flat_map(|v| v.to_le_bytes()).collect()],
+                ..Default::default()
+            };
+            let mut client = self.clients[i % self.clients.len()].clone();
+            let r = self.runtime.block_on(client.model_infer(req)).map_err(|e| e.to_string())?;
+            if r.get_ref().raw_output_contents.len() != 1 {
+                return Err(format!("{} raw outputs", r.get_ref().raw_output_contents.len()));
+            }
+            Ok(t.elapsed())
+        }
+    }
+
     fn percentile(sorted: &[Duration], p: f64) -> f64 {
         if sorted.is_empty() {
             return f64::NAN;
@@ -198,42 +270,19 @@ mod bench {
         sorted[i].as_secs_f64() * 1e3
     }
 
-    pub fn main() -> Result<()> {
-        let o = parse()?;
-        let root = common::root();
-        let exe = root.join("target/release/predictor");
-        if !exe.exists() {
-            bail!("{} is missing: build it with `cargo build --release --bin predictor` (tools/bench-serve.sh does)", exe.display());
-        }
-        let names = common::images(&o.images, o.limit)?;
-        if names.is_empty() {
-            bail!("no images in {}", o.images.display());
-        }
-        let photos: Arc<Vec<Vec<u8>>> = Arc::new(names.iter().map(std::fs::read).collect::<std::io::Result<_>>()?);
-        let n = names.len();
-        let paths: Arc<[PathBuf]> = names.into();
-        let model = common::random_model(&o.models, o.arch, o.size)?;
-        let cpus = sorbier::data::pool::default_threads();
-        println!(
-            "{n} photos from {}, {} {}px, batch ≤ {}, delay ≤ {} ms, {} ORT threads, {} workers, cpu, {cpus} cores",
-            o.images.display(),
-            o.arch.name(),
-            o.size,
-            o.batch,
-            o.max_delay_ms,
-            o.threads,
-            o.workers
-        );
-
+    /// The batch predictor on the photos (images/s), one image's forward pass and one photo's
+    /// decode + transform (medians, ms); also the decoded batches, whose tensors the tensor
+    /// clients send.
+    fn batch_figures(o: &Opts, model: &std::path::Path, paths: &Arc<[PathBuf]>, photos: &[Vec<u8>]) -> Result<(Vec<Array4<f32>>, f64, f64, f64)> {
         // The batch predictor on the same photos, and one image's forward pass.
         let rt = Runtime::load(None)?;
         let pre = Preprocess::for_crop(o.size);
         let cfg = PipelineConfig { batch_size: o.batch, workers: o.workers, prefetch: 2 };
-        let batches = common::decode(&paths, &pre, &cfg)?;
-        let (_, out) = common::throughput(&rt, &model, Device::Cpu, o.threads, &batches, &paths, &cfg)?;
+        let batches = common::decode(paths, &pre, &cfg)?;
+        let (_, out) = common::throughput(&rt, model, Device::Cpu, o.threads, &batches, paths, &cfg)?;
         let batch_rate = out.images_per_s;
         let forward_ms = {
-            let mut ens = Ensemble::open(&rt, std::slice::from_ref(&model), None, Average::Logits, Device::Cpu, o.threads)?;
+            let mut ens = Ensemble::open(&rt, &[model.to_path_buf()], None, Average::Logits, Device::Cpu, o.threads)?;
             let c = ens.classes.len();
             let one: Array4<f32> = batches[0].slice(ndarray::s![0..1, .., .., ..]).to_owned();
             ens.members[0].forward(one.view(), c)?;
@@ -264,6 +313,128 @@ mod bench {
             t.sort();
             percentile(&t, 0.5)
         };
+
+        Ok((batches, batch_rate, forward_ms, prep_ms))
+    }
+
+    /// Runs `send(i)` from `o.clients` threads for `o.seconds` (at most `o.max_requests` in all):
+    /// the latencies (sorted), the errors, and the seconds it took.
+    fn load(o: &Opts, send: &(dyn Fn(usize) -> std::result::Result<Duration, String> + Sync)) -> Run {
+        let next = AtomicUsize::new(0);
+        let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
+        let t = Instant::now();
+        let results: Vec<(Vec<Duration>, Vec<String>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..o.clients)
+                .map(|_| {
+                    let next = &next;
+                    scope.spawn(move || {
+                        let (mut ok, mut errors) = (Vec::new(), Vec::new());
+                        while Instant::now() < deadline {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= o.max_requests {
+                                break;
+                            }
+                            match send(i) {
+                                Ok(d) => ok.push(d),
+                                Err(e) => errors.push(e),
+                            }
+                        }
+                        (ok, errors)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("client thread panicked")).collect()
+        });
+        let elapsed = t.elapsed().as_secs_f64();
+        let mut lat: Vec<Duration> = results.iter().flat_map(|(ok, _)| ok.iter().copied()).collect();
+        lat.sort();
+        (lat, results.into_iter().flat_map(|(_, e)| e).collect(), elapsed)
+    }
+
+    #[derive(Clone, Copy)]
+    struct Figures {
+        batch_rate: f64,
+        forward_ms: f64,
+        prep_ms: f64,
+        rss: f64,
+    }
+
+    type Run = (Vec<Duration>, Vec<String>, f64);
+
+    /// The table: one client's latency, then each loaded run (name, run, mean batch).
+    fn print_table(f: &Figures, single: &[Duration], single_errors: usize, runs: &[(String, &Run, String)]) {
+        let Figures { batch_rate, forward_ms, prep_ms, rss } = *f;
+        println!(
+            "batch predictor (same photos, same threads): {batch_rate:.1} img/s; one image: forward pass {forward_ms:.1} ms, decode + transform {prep_ms:.1} ms"
+        );
+        println!(
+            "{:<26} {:>9} {:>10} {:>9} {:>9} {:>9} {:>10} {:>7} {:>9} {:>10}",
+            "load", "requests", "img/s", "p50 ms", "p95 ms", "p99 ms", "mean batch", "errors", "RSS MiB", "vs batch"
+        );
+        println!(
+            "{:<26} {:>9} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>7} {:>9} {:>10}",
+            "1 client, photos",
+            single.len(),
+            single.len() as f64 / single.iter().map(Duration::as_secs_f64).sum::<f64>(),
+            percentile(single, 0.5),
+            percentile(single, 0.95),
+            percentile(single, 0.99),
+            "-",
+            single_errors,
+            "-",
+            format!("{:.2}× fwd+prep", percentile(single, 0.5) / (forward_ms + prep_ms))
+        );
+        let row = |what: String, (lat, errors, elapsed): &Run, batch: String| {
+            let rate = lat.len() as f64 / elapsed;
+            println!(
+                "{:<26} {:>9} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>7} {:>9.0} {:>10.2}",
+                what,
+                lat.len(),
+                rate,
+                percentile(lat, 0.5),
+                percentile(lat, 0.95),
+                percentile(lat, 0.99),
+                batch,
+                errors.len(),
+                rss,
+                rate / batch_rate
+            );
+            if let Some(e) = errors.first() {
+                println!("  first error: {e}");
+            }
+        };
+        for (what, run, batch) in runs {
+            row(what.clone(), run, batch.clone());
+        }
+    }
+
+    pub fn main() -> Result<()> {
+        let o = parse()?;
+        let exe = o.exe.clone();
+        if !exe.exists() {
+            bail!("{} is missing: build it with `cargo build --release --bin predictor` (tools/bench-serve.sh does)", exe.display());
+        }
+        let names = common::images(&o.images, o.limit)?;
+        if names.is_empty() {
+            bail!("no images in {}", o.images.display());
+        }
+        let photos: Arc<Vec<Vec<u8>>> = Arc::new(names.iter().map(std::fs::read).collect::<std::io::Result<_>>()?);
+        let n = names.len();
+        let paths: Arc<[PathBuf]> = names.into();
+        let model = common::random_model(&o.models, o.arch, o.size)?;
+        let cpus = sorbier::data::pool::default_threads();
+        println!(
+            "{n} photos from {}, {} {}px, batch ≤ {}, delay ≤ {} ms, {} ORT threads, {} workers, cpu, {cpus} cores",
+            o.images.display(),
+            o.arch.name(),
+            o.size,
+            o.batch,
+            o.max_delay_ms,
+            o.threads,
+            o.workers
+        );
+
+        let (batches, batch_rate, forward_ms, prep_ms) = batch_figures(&o, &model, &paths, &photos)?;
 
         let args: Vec<String> = [
             "--model".to_string(),
@@ -300,79 +471,26 @@ mod bench {
         }
         single.sort();
 
-        // N clients for a fixed time.
+        // N clients for a fixed time: photos, then tensors over HTTP and over gRPC.
         let (sum0, count0) = server.histogram(&agent, "sorbier_batch_size")?;
-        let next = Arc::new(AtomicUsize::new(0));
-        let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
-        let t = Instant::now();
-        let results: Vec<(Vec<Duration>, Vec<String>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..o.clients)
-                .map(|_| {
-                    let (agent, url, photos, next) = (agent.clone(), url.clone(), photos.clone(), next.clone());
-                    scope.spawn(move || {
-                        let (mut ok, mut errors) = (Vec::new(), Vec::new());
-                        while Instant::now() < deadline {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            if i >= o.max_requests {
-                                break;
-                            }
-                            match identify(&agent, &url, &photos[i % photos.len()]) {
-                                Ok(d) => ok.push(d),
-                                Err(e) => errors.push(e),
-                            }
-                        }
-                        (ok, errors)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("client thread panicked")).collect()
-        });
-        let elapsed = t.elapsed().as_secs_f64();
+        let photos_run = load(&o, &|i| identify(&agent, &url, &photos[i % n]));
         let (sum1, count1) = server.histogram(&agent, "sorbier_batch_size")?;
+        let tensors: Vec<Vec<f32>> = (0..n.min(64)).map(|i| batches[i / o.batch].slice(ndarray::s![i % o.batch, .., .., ..]).iter().copied().collect()).collect();
+        let infer_url = format!("{}/v2/models/{}/infer", server.base, model.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned()));
+        let http_run = load(&o, &|i| infer_http(&agent, &infer_url, &tensors[i % tensors.len()], o.size));
+        let grpc = GrpcClients::new(&server.grpc, o.clients, &model)?;
+        let grpc_run = load(&o, &|i| grpc.infer(i, &tensors[i % tensors.len()], o.size));
         let rss = server.peak_rss_mib()?;
-        let mut lat: Vec<Duration> = results.iter().flat_map(|(ok, _)| ok.iter().copied()).collect();
-        lat.sort();
-        let errors: Vec<&String> = results.iter().flat_map(|(_, e)| e.iter()).collect();
         let status = server.stop()?;
-        let rate = lat.len() as f64 / elapsed;
         let mean_batch = if count1 > count0 { (sum1 - sum0) / (count1 - count0) } else { f64::NAN };
 
-        println!(
-            "batch predictor (same photos, same threads): {batch_rate:.1} img/s; one image: forward pass {forward_ms:.1} ms, decode + transform {prep_ms:.1} ms"
-        );
-        println!(
-            "{:<12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>10} {:>7} {:>9} {:>10}",
-            "load", "requests", "img/s", "p50 ms", "p95 ms", "p99 ms", "mean batch", "errors", "RSS MiB", "vs batch"
-        );
-        println!(
-            "{:<12} {:>9} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>7} {:>9} {:>10}",
-            "1 client",
-            single.len(),
-            single.len() as f64 / single.iter().map(Duration::as_secs_f64).sum::<f64>(),
-            percentile(&single, 0.5),
-            percentile(&single, 0.95),
-            percentile(&single, 0.99),
-            "-",
-            single_errors,
-            "-",
-            format!("{:.2}× fwd+prep", percentile(&single, 0.5) / (forward_ms + prep_ms))
-        );
-        println!(
-            "{:<12} {:>9} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>9.0} {:>10.2}",
-            format!("{} clients", o.clients),
-            lat.len(),
-            rate,
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.95),
-            percentile(&lat, 0.99),
-            mean_batch,
-            errors.len(),
-            rss,
-            rate / batch_rate
-        );
-        if let Some(e) = errors.first() {
-            println!("first error: {e}");
-        }
+        let figures = Figures { batch_rate, forward_ms, prep_ms, rss };
+        let runs = [
+            (format!("{} clients, photos", o.clients), &photos_run, format!("{mean_batch:.1}")),
+            (format!("{} clients, tensors HTTP", o.clients), &http_run, "-".to_string()),
+            (format!("{} clients, tensors gRPC", o.clients), &grpc_run, "-".to_string()),
+        ];
+        print_table(&figures, &single, single_errors, &runs);
         if !status.success() {
             bail!("the server exited with {status} after SIGTERM");
         }

@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ndarray::Array2;
 use serde_json::{json, Value};
 use sorbier::transforms::{eval_into, eval_tensor_len, load_rgb, Preprocess};
 use sorbier_predict::engine::ensemble::softmax;
@@ -69,6 +68,14 @@ fn preprocessed(names: &[String], crop: u32) -> Vec<f32> {
         out.extend(t);
     }
     out
+}
+
+/// Softmax in f64, written here so that expected scores do not come from the server's code.
+fn softmax64(row: &[f64]) -> Vec<f64> {
+    let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = row.iter().map(|v| (v - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| v / sum).collect()
 }
 
 fn f32s(v: &Value) -> Vec<f32> {
@@ -243,10 +250,16 @@ fn served_top1_equals_predict_for_every_flowers_test_photo() {
         let best = sorbier_predict::engine::ensemble::top_k(&probs, 1)[0];
         assert!((v["results"][0]["score"].as_f64().unwrap() as f32 - probs[best]).abs() <= LOGITS_TOL, "row {i}: {v}");
     }
-    // Every photo went through the models once; batches never exceed --max-batch.
+    // Every photo went through the models once; batches never exceed --max-batch; and photos
+    // from different requests (each request is one photo) were merged: fewer batches than
+    // requests, and some batch held several (a batcher that never merges has 250 batches of 1).
     assert_eq!(server.metric("sorbier_images_total"), Some(250.0));
     assert_eq!(server.metric("sorbier_batch_size_sum"), Some(250.0));
-    assert_eq!(server.metric("sorbier_batch_size_bucket{le=\"8\"}"), server.metric("sorbier_batch_size_count"));
+    let batches = server.metric("sorbier_batch_size_count").unwrap();
+    assert_eq!(server.metric("sorbier_batch_size_bucket{le=\"8\"}"), Some(batches));
+    let singles = server.metric("sorbier_batch_size_bucket{le=\"1\"}").unwrap();
+    println!("250 one-photo requests from 4 clients ran in {batches} batches ({singles} of one photo), mean {:.2}", 250.0 / batches);
+    assert!(batches <= 200.0 && singles < batches, "requests from different clients were not batched together: {batches} batches, {singles} of one photo");
     assert!(server.stop().success());
 }
 
@@ -267,14 +280,21 @@ fn an_ensemble_served_equals_the_ensemble_predicted() {
     assert_eq!(r.status, 400);
     assert!(r.error().contains("preprocess their inputs differently") && r.error().contains("a64, b48"), "{}", r.error());
 
-    // Photos: the ensemble's averaged logits, as predicted.
+    // Photos: the ensemble's logits, (1·a + 3·b) / 4 of the members' outputs, computed here
+    // in f64 from the predictor's member rows (not with the code the server runs).
+    assert_eq!(saved.members.len(), 2);
     for (i, name) in names.iter().enumerate() {
         let v = server.identify(&photo(name), "?top_k=5").json();
-        let probs = softmax(&saved.mean.row(i).to_vec());
-        for res in v["results"].as_array().unwrap() {
+        let mean: Vec<f64> = (0..classes.len()).map(|j| (f64::from(saved.members[0][[i, j]]) + 3.0 * f64::from(saved.members[1][[i, j]])) / 4.0).collect();
+        let probs = softmax64(&mean);
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), 5, "{name}: {v}");
+        let mut seen = std::collections::BTreeSet::new();
+        for res in results {
             let j = res["index"].as_u64().unwrap() as usize;
+            assert!(seen.insert(j), "{name}: class {j} twice");
             assert_eq!(res["species"], json!(classes[j]));
-            assert!((res["score"].as_f64().unwrap() as f32 - probs[j]).abs() <= LOGITS_TOL, "{name}: {res} vs {}", probs[j]);
+            assert!((res["score"].as_f64().unwrap() - probs[j]).abs() <= f64::from(LOGITS_TOL), "{name}: {res} vs {}", probs[j]);
         }
         assert_eq!(v["model"]["name"], "ensemble");
         assert_eq!(v["model"]["tta"], "hflip");
@@ -294,11 +314,14 @@ fn an_ensemble_served_equals_the_ensemble_predicted() {
         ("organs", None, b"flower"),
     ]);
     let v = server.post("/v1/identify", &ct, &body).json();
-    let rows: Vec<Array2<f32>> = (0..3).map(|i| saved.mean.row(i).to_owned().insert_axis(ndarray::Axis(0))).collect();
-    let want = softmax(&sorbier_predict::engine::ensemble::weighted_mean(&rows, &[1.0, 2.0, 3.0]).row(0).to_vec());
-    for res in v["results"].as_array().unwrap() {
+    // (1·p0 + 2·p1 + 3·p2) / 6 of the predicted rows, in f64, then softmax.
+    let combined: Vec<f64> = (0..classes.len()).map(|j| (1..=3).map(|w| w as f64 * f64::from(saved.mean[[w - 1, j]])).sum::<f64>() / 6.0).collect();
+    let want = softmax64(&combined);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5, "{v}");
+    for res in results {
         let j = res["index"].as_u64().unwrap() as usize;
-        assert!((res["score"].as_f64().unwrap() as f32 - want[j]).abs() <= LOGITS_TOL, "{res} vs {}", want[j]);
+        assert!((res["score"].as_f64().unwrap() - want[j]).abs() <= f64::from(LOGITS_TOL), "{res} vs {}", want[j]);
     }
     assert_eq!(v["images"].as_array().unwrap().iter().map(|i| i["weight"].as_f64().unwrap()).collect::<Vec<_>>(), [1.0, 2.0, 3.0]);
     assert!(server.stop().success());
@@ -350,6 +373,48 @@ fn tritonclient_drives_the_server_and_gets_the_predictors_logits() {
     assert!(server.stop().success());
 }
 
+/// `predictor serve --grpc-listen` driven by tritonclient[grpc]: the same logits as `predict`.
+#[test]
+fn tritonclient_grpc_drives_the_server_and_gets_the_predictors_logits() {
+    let f = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let (names, saved, _) = predicted(tmp.path(), &[&f.a], 8, &[]);
+    let x = preprocessed(&names, 64);
+    let input = tmp.path().join("input.safetensors");
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![names.len(), 3, 64, 64], &bytes).unwrap();
+    safetensors::serialize_to_file([("input", view)], None, &input).unwrap();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("serve").args(args(&[&f.a], &[])).args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"]);
+    let server = Server::spawn(cmd);
+    let grpc = server.log_text().lines().find_map(|l| l.strip_prefix("grpc listening on ").map(str::to_string)).expect("no gRPC address in the log");
+    let out = tmp.path().join("out.safetensors");
+    let o = std::process::Command::new(python())
+        .arg(manifest().join("tools/triton_grpc_check.py"))
+        .args(["--url", &grpc, "--model", "a64", "--input", s(&input), "--out", s(&out), "--top-k", "3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tritonclient[grpc] check failed:\n{}\n{}\nserver log:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr), server.log_text());
+    let summary: Value = serde_json::from_slice(o.stdout.trim_ascii()).unwrap();
+    let got = std::fs::read(&out).unwrap();
+    let got = safetensors::SafeTensors::deserialize(&got).unwrap();
+    let logits: Vec<f32> = got.tensor("grpc").unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    assert_close(&logits, saved.mean.as_slice().unwrap(), 1e-4, "tritonclient[grpc] infer vs predict");
+    let classes = train_classes();
+    let labels = summary["classification"].as_array().unwrap();
+    assert_eq!(labels.len(), names.len());
+    for (i, row_labels) in labels.iter().enumerate() {
+        let top = sorbier_predict::engine::ensemble::top_k(&saved.mean.row(i).to_vec(), 3);
+        let got: Vec<String> = row_labels.as_array().unwrap().iter().map(|l| l.as_str().unwrap().splitn(2, ':').nth(1).unwrap().to_string()).collect();
+        assert_eq!(got, top.iter().map(|&j| format!("{j}:{}", classes[j])).collect::<Vec<_>>(), "row {i}");
+    }
+    assert!(summary["shape_error"].as_str().unwrap().contains("[-1, 3, 64, 64]"), "{summary}");
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains(r#"sorbier_grpc_requests_total{code="OK",method="ModelInfer"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"sorbier_grpc_requests_total{code="INVALID_ARGUMENT",method="ModelInfer"} 1"#), "{metrics}");
+    assert!(server.stop().success());
+}
+
 #[test]
 fn bad_input_gets_a_clear_4xx_and_the_next_request_is_served() {
     let f = fixtures();
@@ -365,38 +430,41 @@ fn bad_input_gets_a_clear_4xx_and_the_next_request_is_served() {
     let (odd_ct, odd_form) = multipart(&[("picture", Some("x.jpg"), &good)]);
     let oversized = vec![0xABu8; 1536 << 10];
     let infer = |body: &Value| server.post_json("/v2/models/a64/infer", body);
-    let cases: Vec<(&str, server::Resp, u16, &str)> = vec![
-        ("not an image", server.identify(b"this is not a photo at all", ""), 400, "unrecognised image format"),
-        ("truncated JPEG", server.identify(&jpeg[..jpeg.len() / 2], ""), 400, "cannot decode image"),
-        ("zero-byte body", server.identify(b"", ""), 400, "no photo"),
-        ("zero-byte upload", server.post("/v1/identify", &empty_ct, &empty_form), 400, "the file is empty"),
-        ("form without a photo", server.post("/v1/identify", &none_ct, &none_form), 400, "no photo"),
-        ("unknown form field", server.post("/v1/identify", &odd_ct, &odd_form), 400, "unknown form field \"picture\""),
-        ("PNG bomb", server.identify(&std::fs::read(bombs.join("png_50000x50000.png")).unwrap(), ""), 400, "50000 × 50000 = 2500000000 pixels"),
-        ("JPEG bomb", server.identify(&std::fs::read(bombs.join("jpeg_50000x50000.jpg")).unwrap(), ""), 400, "more than the limit"),
-        ("top_k 0", server.identify(&good, "?top_k=0"), 400, "top_k must be"),
-        ("weights for 2 photos", server.identify(&good, "?weights=1,2"), 400, "2 weights given for 1 photos"),
-        ("oversized body", server.identify(&oversized, ""), 413, "more than 1048576 bytes"),
-        ("wrong tensor shape", infer(&infer_body("input", 1, 32, &x[..3 * 32 * 32])), 400, "has shape [1, 3, 32, 32]"),
-        ("wrong datatype", infer(&json!({ "inputs": [{ "name": "input", "shape": [1, 3, 64, 64], "datatype": "FP64", "data": x }] })), 400, "datatype FP64"),
-        ("too few values", infer(&infer_body("input", 2, 64, &x)), 400, "needs 24576"),
-        ("wrong input name", infer(&infer_body("pixels", 1, 64, &x)), 400, "unknown input \"pixels\""),
-        ("unknown output", infer(&json!({ "inputs": infer_body("input", 1, 64, &x)["inputs"], "outputs": [{ "name": "scores" }] })), 400, "unknown output"),
-        ("malformed JSON", server.post("/v2/models/a64/infer", "application/json", b"{\"inputs\": [{\"name\": "), 400, "malformed inference request JSON"),
-        ("unknown model infer", server.post_json("/v2/models/nope/infer", &infer_body("input", 1, 64, &x)), 404, "unknown model \"nope\""),
-        ("unknown model metadata", server.get("/v2/models/nope"), 404, "serves a64"),
-        ("unknown route", server.get("/v3/whatever"), 404, "no route GET /v3/whatever"),
-        ("wrong method", server.get("/v1/identify"), 405, "method not allowed"),
+    // Each case is sent, then a good request at once: after each refusal the next request gets
+    // its full, unchanged answer (a refusal that left state behind would show right there).
+    type Case<'a> = (&'a str, Box<dyn Fn() -> server::Resp + 'a>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        ("not an image", Box::new(|| server.identify(b"this is not a photo at all", "")), 400, "unrecognised image format"),
+        ("truncated JPEG", Box::new(|| server.identify(&jpeg[..jpeg.len() / 2], "")), 400, "cannot decode image"),
+        ("zero-byte body", Box::new(|| server.identify(b"", "")), 400, "no photo"),
+        ("zero-byte upload", Box::new(|| server.post("/v1/identify", &empty_ct, &empty_form)), 400, "the file is empty"),
+        ("form without a photo", Box::new(|| server.post("/v1/identify", &none_ct, &none_form)), 400, "no photo"),
+        ("unknown form field", Box::new(|| server.post("/v1/identify", &odd_ct, &odd_form)), 400, "unknown form field \"picture\""),
+        ("PNG bomb", Box::new(|| server.identify(&std::fs::read(bombs.join("png_50000x50000.png")).unwrap(), "")), 400, "50000 × 50000 = 2500000000 pixels"),
+        ("JPEG bomb", Box::new(|| server.identify(&std::fs::read(bombs.join("jpeg_50000x50000.jpg")).unwrap(), "")), 400, "more than the limit"),
+        ("top_k 0", Box::new(|| server.identify(&good, "?top_k=0")), 400, "top_k must be"),
+        ("weights for 2 photos", Box::new(|| server.identify(&good, "?weights=1,2")), 400, "2 weights given for 1 photos"),
+        ("oversized body", Box::new(|| server.identify(&oversized, "")), 413, "more than 1048576 bytes"),
+        ("wrong tensor shape", Box::new(|| infer(&infer_body("input", 1, 32, &x[..3 * 32 * 32]))), 400, "has shape [1, 3, 32, 32]"),
+        ("wrong datatype", Box::new(|| infer(&json!({ "inputs": [{ "name": "input", "shape": [1, 3, 64, 64], "datatype": "FP64", "data": x }] }))), 400, "datatype FP64"),
+        ("too few values", Box::new(|| infer(&infer_body("input", 2, 64, &x))), 400, "needs 24576"),
+        ("wrong input name", Box::new(|| infer(&infer_body("pixels", 1, 64, &x))), 400, "unknown input \"pixels\""),
+        ("unknown output", Box::new(|| infer(&json!({ "inputs": infer_body("input", 1, 64, &x)["inputs"], "outputs": [{ "name": "scores" }] }))), 400, "unknown output"),
+        ("malformed JSON", Box::new(|| server.post("/v2/models/a64/infer", "application/json", b"{\"inputs\": [{\"name\": ")), 400, "malformed inference request JSON"),
+        ("unknown model infer", Box::new(|| server.post_json("/v2/models/nope/infer", &infer_body("input", 1, 64, &x))), 404, "unknown model \"nope\""),
+        ("unknown model metadata", Box::new(|| server.get("/v2/models/nope")), 404, "serves a64"),
+        ("unknown route", Box::new(|| server.get("/v3/whatever")), 404, "no route GET /v3/whatever"),
+        ("wrong method", Box::new(|| server.get("/v1/identify")), 405, "method not allowed"),
     ];
-    for (what, r, status, needle) in &cases {
+    for (what, send, status, needle) in &cases {
+        let r = send();
         assert_eq!(r.status, *status, "{what}: {}", r.text());
         assert!(r.header("content-type").unwrap_or("").starts_with("application/json"), "{what}: not JSON");
         let msg = r.error();
         assert!(msg.contains(needle), "{what}: {msg:?} does not mention {needle:?}");
-        // After each refusal the next good request gets its full, unchanged answer.
         let again = server.identify(&good, "");
-        assert_eq!(again.status, 200, "after {what}: {}", again.text());
-        assert_eq!(again.json()["results"], baseline, "after {what}");
+        assert_eq!(again.status, 200, "right after {what}: {}", again.text());
+        assert_eq!(again.json()["results"], baseline, "right after {what}");
     }
     // The bombs were refused from their headers: memory did not grow by their 7.5 GB.
     let grown = server.peak_rss_kib().saturating_sub(rss_before);
@@ -408,6 +476,7 @@ fn bad_input_gets_a_clear_4xx_and_the_next_request_is_served() {
     assert_eq!(server.metric(r#"sorbier_http_requests_total{method="POST",route="/v1/identify",status="400"}"#), Some(10.0));
     assert_eq!(server.metric("sorbier_images_in_flight"), Some(0.0));
     assert!(!server.log_text().contains("panicked"), "{}", server.log_text());
+    drop(cases);
     assert!(server.stop().success());
 }
 

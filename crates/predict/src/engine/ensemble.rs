@@ -147,13 +147,19 @@ pub fn check_same_classes(models: &[(PathBuf, Vec<String>)]) -> Result<()> {
     Ok(())
 }
 
-/// Refuses weights that are not one positive number per `what` (models, files…).
+/// Refuses weights that are not one positive finite number per `what` (models, files…), or
+/// whose sum overflows (the weighted mean would be 0 everywhere).
 pub fn check_weights(weights: &[f64], n: usize, what: &str) -> Result<()> {
     if weights.len() != n {
         bail!("{} weights given for {n} {what}", weights.len());
     }
     if let Some(x) = weights.iter().find(|&&x| !(x.is_finite() && x > 0.0)) {
         bail!("weights must be positive numbers, got {x}");
+    }
+    // Their sum divides each weight: past f64's range every share would be 0 (uniform scores).
+    let total: f64 = weights.iter().sum();
+    if !total.is_finite() {
+        bail!("the weights add up to more than a float can hold ({}): scale them down", list(weights));
     }
     Ok(())
 }
@@ -344,6 +350,9 @@ impl Member {
         if shape != [k, c] {
             bail!("{path}: output has shape {shape:?}, expected [{k}, {c}] (the metadata lists {c} classes)");
         }
+        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+            bail!("{path}: the model's output holds a value that is not finite (NaN or ±inf) in row {} of {k}: its weights or its input are broken", i / c.max(1));
+        }
         Ok(logits.into_dimensionality::<Ix2>()?.to_owned())
     }
 
@@ -381,6 +390,17 @@ mod tests {
         let q = softmax(&[0.1, 2.0, -0.3]);
         assert!((q.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!(q[1] > q[0] && q[0] > q[2]);
+    }
+
+    #[test]
+    fn weights_that_cannot_average_are_refused() {
+        check_weights(&[1.0, 3.0], 2, "models").unwrap();
+        check_weights(&[1e300, 1e-300], 2, "models").unwrap();
+        for bad in [[1e308, 1e308], [f64::NAN, 1.0], [f64::INFINITY, 1.0], [0.0, 1.0], [-1.0, 2.0]] {
+            assert!(check_weights(&bad, 2, "models").is_err(), "{bad:?} accepted");
+        }
+        let e = check_weights(&[1e308, 1e308], 2, "photos").unwrap_err().to_string();
+        assert!(e.contains("add up to more than a float can hold"), "{e}");
     }
 
     #[test]

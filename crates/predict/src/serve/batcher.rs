@@ -7,7 +7,7 @@
 //! or when `max_delay` has passed since its oldest job was submitted, whichever comes first —
 //! and, unlike Triton, at once when no other admitted image is still being decoded (a lone
 //! client's request never waits out the delay for company that cannot come);
-//! jobs are never split across rounds unless one alone is larger than `max_batch` (then it
+//! a job whose client has left is dropped unrun; jobs are never split across rounds unless one alone is larger than `max_batch` (then it
 //! runs in chunks). While a batch runs, the next requests are decoded on the worker pool, as
 //! `predict` overlaps decoding with inference. Batches go through
 //! [`Ensemble::forward_prepared`] and [`weighted_mean`], the code `predict` runs, so a served
@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use super::http::ApiError;
 use super::metrics::Metrics;
+use super::Ticket;
 use crate::engine::ensemble::{weighted_mean, Ensemble};
 
 /// What a job runs: the whole ensemble, or one member alone (its own Open Inference Protocol model).
@@ -58,6 +59,15 @@ struct Job {
     items: Vec<Item>,
     submitted: Instant,
     reply: oneshot::Sender<std::result::Result<Reply, String>>,
+    /// The request's admission: its images stay counted until the job is answered or dropped.
+    _ticket: Ticket,
+}
+
+impl Job {
+    /// Its client left: nobody waits for the answer.
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed() || self._ticket.cancelled()
+    }
 }
 
 /// Dynamic batching settings.
@@ -109,10 +119,10 @@ impl Batcher {
 
 impl Submitter {
     /// Queues `items` for `target`; the receiver gets the rows (or the inference error).
-    pub fn submit(&self, target: Target, items: Vec<Item>) -> std::result::Result<oneshot::Receiver<std::result::Result<Reply, String>>, ApiError> {
+    pub fn submit(&self, target: Target, items: Vec<Item>, ticket: Ticket) -> std::result::Result<oneshot::Receiver<std::result::Result<Reply, String>>, ApiError> {
         let (reply, rx) = oneshot::channel();
         let n = items.len() as i64;
-        let job = Job { target, items, submitted: Instant::now(), reply };
+        let job = Job { target, items, submitted: Instant::now(), reply, _ticket: ticket };
         self.metrics.queue_depth.add(n);
         match self.tx.try_send(job) {
             Ok(()) => Ok(rx),
@@ -170,6 +180,9 @@ impl Worker {
                 round.push(job);
             }
             self.metrics.queue_depth.sub(images as i64);
+            // Jobs whose clients left are dropped unrun (which frees their admission).
+            let (abandoned, round): (Vec<Job>, Vec<Job>) = round.into_iter().partition(Job::abandoned);
+            drop(abandoned);
             self.run_round(round);
         }
     }

@@ -3,7 +3,7 @@
 //! included), request bodies read under a size limit, and the middleware that writes one log
 //! line per request and counts it in the metrics.
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
@@ -14,10 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
-use super::AppState;
-
-/// How long a client may take to send its request body.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+use super::{AppState, Buffered};
 
 /// A request that cannot be served, answered as `{"error": message}`.
 #[derive(Debug)]
@@ -74,10 +71,20 @@ pub struct Images(pub usize);
 #[derive(Clone, Debug)]
 struct Route(String);
 
-/// Reads a request's body, at most `limit` bytes. A larger body is refused with 413 after
-/// reading on (and dropping) up to a few times the limit, so that the client, still sending,
-/// gets to read the answer instead of a reset connection.
-pub async fn read_body(req: Request, limit: usize) -> Result<(Parts, Bytes), ApiError> {
+/// A request body read whole, and the room it holds in the server's body budget.
+pub struct ReadBody {
+    pub parts: Parts,
+    pub bytes: Bytes,
+    pub room: Buffered,
+}
+
+/// Reads a request's body, at most `max_body` bytes, within the body timeout, holding room
+/// for it in the body budget (`--max-buffered-mb`; 503 when full) before any byte is kept.
+/// A larger body is refused with 413 after reading on (and dropping) up to a few times the
+/// limit, so that the client, still sending, gets to read the answer instead of a reset
+/// connection. A body still arriving when the server is told to stop gets a 503.
+pub async fn read_body(state: &AppState, req: Request) -> Result<ReadBody, ApiError> {
+    let limit = state.limits.max_body;
     let (parts, body) = req.into_parts();
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let drain = limit.saturating_mul(4).max(64 << 20);
@@ -85,15 +92,18 @@ pub async fn read_body(req: Request, limit: usize) -> Result<(Parts, Bytes), Api
     if declared.is_some_and(|n| n > drain as u64) {
         return Err(too_large());
     }
+    // Room for what the client declared (within the limit), or for the limit when it did not say.
+    let expected = declared.map_or(limit, |n| (n as usize).min(limit));
+    let room = state.reserve_body(expected)?;
     let read = async {
         let mut body = body;
-        let mut buf = Vec::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
+        let mut buf = Vec::with_capacity(expected.min(1 << 20));
         let mut seen = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ApiError { close: true, ..ApiError::bad_request(format!("cannot read the request body: {e}")) })?;
             let Ok(data) = frame.into_data() else { continue };
             seen = seen.saturating_add(data.len());
-            if seen > limit {
+            if seen > limit || seen > expected {
                 if seen > drain {
                     break;
                 }
@@ -104,11 +114,18 @@ pub async fn read_body(req: Request, limit: usize) -> Result<(Parts, Bytes), Api
         if seen > limit {
             return Err(too_large());
         }
+        if seen > expected {
+            return Err(ApiError { close: true, ..ApiError::bad_request(format!("the request body is longer than its Content-Length ({expected} bytes)")) });
+        }
         Ok(Bytes::from(buf))
     };
-    match tokio::time::timeout(BODY_TIMEOUT, read).await {
-        Ok(r) => r.map(|b| (parts, b)),
-        Err(_) => Err(ApiError { close: true, ..ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request body took more than {} s to arrive", BODY_TIMEOUT.as_secs())) }),
+    let timeout = state.limits.body_timeout;
+    tokio::select! {
+        r = tokio::time::timeout(timeout, read) => match r {
+            Ok(r) => r.map(|bytes| ReadBody { parts, bytes, room }),
+            Err(_) => Err(ApiError { close: true, ..ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request body took more than {} s to arrive (--body-timeout-s)", timeout.as_secs_f64())) }),
+        },
+        _ = state.stopped() => Err(ApiError { close: true, ..ApiError::busy("the server is shutting down: the request body was not complete", 5) }),
     }
 }
 
@@ -149,14 +166,15 @@ pub async fn name_route(matched: MatchedPath, req: Request, next: Next) -> Respo
 /// One log line and one metrics count per request: method, path, status, images, milliseconds.
 pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let method = super::metrics::method_label(req.method());
+    // The path as logged: at most 200 characters, so that a client cannot flood the log.
+    let path: String = req.uri().path().chars().take(200).collect();
     let resp = next.run(req).await;
     let seconds = start.elapsed().as_secs_f64();
     let route = resp.extensions().get::<Route>().map_or("unmatched", |r| r.0.as_str());
     let images = resp.extensions().get::<Images>().map_or(0, |n| n.0);
     let status = resp.status().as_u16();
-    state.metrics.request(route, method.as_str(), status, seconds);
+    state.metrics.request(route, method, status, seconds);
     if let Some(log) = &state.log {
         log(&format!("{method} {path} {status} {images} image{} {:.1} ms", if images == 1 { "" } else { "s" }, seconds * 1e3));
     }
@@ -167,7 +185,7 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
 pub async fn fallback(req: Request) -> ApiError {
     ApiError::not_found(format!(
         "no route {} {}: the server answers /v2 (Open Inference Protocol), /v2/models/{{name}}[/versions/{{version}}][/ready|/infer|/config], /v1/identify and /metrics",
-        req.method(),
-        req.uri().path()
+        super::metrics::method_label(req.method()),
+        req.uri().path().chars().take(200).collect::<String>()
     ))
 }

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::batcher::Target;
-use super::http::{read_body, ApiError, Images};
+use super::http::{read_body, ApiError, Images, ReadBody};
 use super::AppState;
 use crate::engine::ensemble::{check_weights, probabilities, weighted_mean};
 use crate::engine::ensemble::top_k;
@@ -93,7 +93,7 @@ async fn read_form(req: Request, max_images: usize, up: &mut Upload) -> Result<(
 pub async fn identify(State(state): State<Arc<AppState>>, Query(query): Query<IdentifyQuery>, req: Request) -> Result<Response, ApiError> {
     let start = Instant::now();
     let multipart = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
-    let (parts, body) = read_body(req, state.limits.max_body).await?;
+    let ReadBody { parts, bytes: body, room: _room } = read_body(&state, req).await?;
     let mut up = Upload { top_k: query.top_k, weights: query.weights.into_iter().collect(), ..Default::default() };
     if multipart {
         read_form(Request::from_parts(parts, Body::from(body)), state.limits.max_images, &mut up).await?;
@@ -110,16 +110,17 @@ pub async fn identify(State(state): State<Arc<AppState>>, Query(query): Query<Id
     let k = parse_top_k(up.top_k.as_deref(), c)?;
     let weights = parse_weights(&up.weights, n)?;
 
-    let _admitted = state.admit(n)?;
+    let admitted = state.admit(n)?;
     let names: Vec<String> = up.photos.iter().map(|p| p.0.clone()).collect();
-    let decoding: Vec<_> = up.photos.into_iter().map(|(name, bytes)| tokio::spawn(state.prep.clone().photo(bytes, name))).collect();
+    let decoding: Vec<_> = up.photos.into_iter().map(|(name, bytes)| tokio::spawn(state.prep.clone().photo(bytes, name, admitted.ticket()))).collect();
     let mut photos = Vec::with_capacity(n);
     for task in decoding {
         photos.push(task.await.map_err(|e| ApiError::internal(format!("the decoding task failed: {e}")))??);
     }
     let decode_ms = start.elapsed().as_secs_f64() * 1e3;
     let sizes: Vec<(u32, u32)> = photos.iter().map(|p| (p.width, p.height)).collect();
-    let reply = state.run(Target::Ensemble, photos.into_iter().map(|p| p.item).collect()).await?;
+    let reply = state.run(Target::Ensemble, photos.into_iter().map(|p| p.item).collect(), admitted.ticket()).await?;
+    admitted.done();
 
     // Photos of one plant are combined like ensemble members.
     let rows: Vec<Array2<f32>> = reply.rows.rows().into_iter().map(|r| r.to_owned().insert_axis(ndarray::Axis(0))).collect();

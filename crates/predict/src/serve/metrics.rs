@@ -1,7 +1,14 @@
 //! The server's Prometheus metrics, kept in one registry of the `prometheus` crate and exposed
 //! by `GET /metrics` in the text exposition format (version 0.0.4): requests by route, method
 //! and status, request latency, the size and duration of each inference batch, the images
-//! waiting for the inference thread (queue depth) and in flight, and images per second.
+//! waiting for the inference thread (queue depth) and in flight, images per second, open
+//! connections and images dropped because their client left.
+//!
+//! Every label value comes from a closed set, never from the request's text: `route` is a
+//! route template of the router (`unmatched` for the rest), `method` one of the standard HTTP
+//! methods (`other` for any other), `status` the code the server itself answered, and gRPC's
+//! `method` one of the service's methods (`unknown` for the rest) — so no client can grow the
+//! number of series.
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,7 +38,35 @@ pub struct Metrics {
     images: IntCounter,
     /// `sorbier_images_per_second`: over the last 10 s (set when /metrics is read).
     images_per_s: Gauge,
+    /// `sorbier_open_connections`: HTTP connections open now (bounded by --max-connections).
+    pub connections: IntGauge,
+    /// `sorbier_cancelled_images_total`: images admitted whose client left before the answer
+    /// (the work not yet started for them is skipped).
+    pub cancelled: IntCounter,
+    /// `sorbier_grpc_requests_total{method, code}`.
+    grpc: IntCounterVec,
     recent: Mutex<Recent>,
+}
+
+/// The label for an HTTP method: its name for the standard ones, `other` for the rest.
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    for known in [Method::GET, Method::POST, Method::HEAD, Method::PUT, Method::DELETE, Method::OPTIONS, Method::PATCH, Method::TRACE, Method::CONNECT] {
+        if *m == known {
+            return match known {
+                Method::GET => "GET",
+                Method::POST => "POST",
+                Method::HEAD => "HEAD",
+                Method::PUT => "PUT",
+                Method::DELETE => "DELETE",
+                Method::OPTIONS => "OPTIONS",
+                Method::PATCH => "PATCH",
+                Method::TRACE => "TRACE",
+                _ => "CONNECT",
+            };
+        }
+    }
+    "other"
 }
 
 /// Images inferred in the last [`RATE_WINDOW`], batch by batch.
@@ -64,6 +99,12 @@ impl Metrics {
         let in_flight = IntGauge::new("sorbier_images_in_flight", "Images admitted and not yet answered (bounded by --max-queue)")?;
         let images = IntCounter::new("sorbier_images_total", "Images run through the models")?;
         let images_per_s = Gauge::new("sorbier_images_per_second", "Images run through the models per second, over the last 10 s")?;
+        let connections = IntGauge::new("sorbier_open_connections", "HTTP connections open (bounded by --max-connections)")?;
+        let cancelled = IntCounter::new("sorbier_cancelled_images_total", "Images admitted whose client left before the answer (work not started for them is skipped)")?;
+        let grpc = IntCounterVec::new(Opts::new("sorbier_grpc_requests_total", "gRPC requests by method and status code"), &["method", "code"])?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(cancelled.clone()))?;
+        registry.register(Box::new(grpc.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
@@ -73,13 +114,19 @@ impl Metrics {
         registry.register(Box::new(images.clone()))?;
         registry.register(Box::new(images_per_s.clone()))?;
         let recent = Mutex::new(Recent { start: Instant::now(), batches: VecDeque::new() });
-        Ok(Metrics { registry, requests, latency, batch_size, batch_seconds, queue_depth, in_flight, images, images_per_s, recent })
+        Ok(Metrics { registry, requests, latency, batch_size, batch_seconds, queue_depth, in_flight, images, images_per_s, connections, cancelled, grpc, recent })
     }
 
     /// Counts one answered request.
     pub fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.requests.with_label_values(&[route, method, &status.to_string()]).inc();
         self.latency.with_label_values(&[route]).observe(seconds);
+    }
+
+    /// Counts one gRPC request; `method` must be one of the service's method names.
+    pub fn grpc_request(&self, method: &'static str, code: &'static str, seconds: f64) {
+        self.grpc.with_label_values(&[method, code]).inc();
+        self.latency.with_label_values(&[method]).observe(seconds);
     }
 
     /// Counts one inference batch of `images` that took `took`.
@@ -134,6 +181,10 @@ mod tests {
         assert!(text.contains(r#"sorbier_http_request_duration_seconds_count{route="/v1/identify"} 3"#), "{text}");
         assert!(text.contains("sorbier_batch_size_sum 3") && text.contains("sorbier_batch_size_count 1"), "{text}");
         assert!(text.contains("sorbier_images_total 3") && text.contains("sorbier_queue_depth 2"), "{text}");
+        assert_eq!(method_label(&axum::http::Method::POST), "POST");
+        assert_eq!(method_label(&axum::http::Method::from_bytes(b"XYZZY").unwrap()), "other");
+        let long = "M".repeat(60_000);
+        assert_eq!(method_label(&axum::http::Method::from_bytes(long.as_bytes()).unwrap()), "other");
         let rate: f64 = text.lines().find_map(|l| l.strip_prefix("sorbier_images_per_second ")).unwrap().parse().unwrap();
         assert!(rate > 0.0, "{text}");
     }

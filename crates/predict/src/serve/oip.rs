@@ -15,22 +15,22 @@
 //! top K as BYTES `"<value>:<index>:<class>"`), `model_configuration` (`GET …/config`, Triton's
 //! shape). `POST /v2/repository/index` lists the models. Errors are `{"error": "…"}`: 400 for
 //! a malformed request, 404 for an unknown model or version.
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use ndarray::Array2;
+use serde_json::{json, Value};
 
-use super::http::{read_body, ApiError, Images};
-use super::models::ServedModel;
-use super::AppState;
-use crate::engine::ensemble::top_k;
+use super::http::{read_body, ApiError, Images, ReadBody};
+use super::infer::{self, Output, OutputWanted, TensorData, TensorIn};
+use super::models::{Catalog, ServedModel};
+use super::{blocking, AppState};
 
 /// The binary tensor data extension's header: the length of the JSON part of the body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -42,9 +42,19 @@ pub struct ModelPath {
     version: Option<String>,
 }
 
+impl ModelPath {
+    /// A model name and version (empty: any) as gRPC carries them.
+    pub fn new(name: &str, version: &str) -> ModelPath {
+        ModelPath { name: name.to_string(), version: (!version.is_empty()).then(|| version.to_string()) }
+    }
+}
+
+/// The protocol extensions the server implements.
+pub const EXTENSIONS: [&str; 3] = ["binary_tensor_data", "classification", "model_configuration"];
+
 impl AppState {
     /// The model a route names; 404 (with the names served) for an unknown name or version.
-    fn model(&self, path: &ModelPath) -> Result<&ServedModel, ApiError> {
+    pub(super) fn model(&self, path: &ModelPath) -> Result<&ServedModel, ApiError> {
         let model = self.catalog.get(&path.name).ok_or_else(|| {
             ApiError::not_found(format!("unknown model {:?}: this server serves {}", path.name, self.catalog.names().join(", ")))
         })?;
@@ -56,7 +66,7 @@ impl AppState {
 
     /// Why the server is not ready, if it is not.
     fn not_ready(&self) -> Option<&'static str> {
-        if self.shutting_down.load(Ordering::SeqCst) {
+        if self.stopping() {
             Some("the server is shutting down")
         } else {
             None
@@ -84,7 +94,7 @@ pub async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "sorbier",
         "version": sorbier::VERSION,
-        "extensions": ["binary_tensor_data", "classification", "model_configuration"],
+        "extensions": EXTENSIONS,
     }))
 }
 
@@ -150,13 +160,23 @@ pub async fn repository_index(State(state): State<Arc<AppState>>) -> Json<Value>
     Json(Value::Array(state.catalog.models.iter().map(|m| json!({ "name": m.name, "version": m.version, "state": "READY" })).collect()))
 }
 
+/// The parameters this server reads; others are skipped without being kept.
+#[derive(Debug, Default, Deserialize)]
+struct Parameters {
+    binary_data_output: Option<bool>,
+    binary_data: Option<bool>,
+    binary_data_size: Option<u64>,
+    classification: Option<u64>,
+}
+
 #[derive(Debug, Deserialize)]
 struct InferRequest {
     id: Option<String>,
     #[serde(default)]
-    parameters: Map<String, Value>,
+    parameters: Parameters,
     inputs: Vec<RequestInput>,
-    outputs: Option<Vec<RequestOutput>>,
+    #[serde(default)]
+    outputs: Vec<RequestOutput>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,49 +185,66 @@ struct RequestInput {
     shape: Vec<i64>,
     datatype: String,
     #[serde(default)]
-    parameters: Map<String, Value>,
-    data: Option<Value>,
+    parameters: Parameters,
+    data: Option<Flat>,
 }
 
 #[derive(Debug, Deserialize)]
 struct RequestOutput {
     name: String,
     #[serde(default)]
-    parameters: Map<String, Value>,
+    parameters: Parameters,
 }
 
-/// One output to send back.
-struct Wanted {
-    classification: Option<usize>,
-    binary: bool,
-}
+/// The numbers of a (possibly nested) JSON array, flattened row-major into float32 as they
+/// are parsed: no intermediate JSON tree, so at most 4 bytes per 2 bytes of body.
+#[derive(Debug)]
+struct Flat(Vec<f32>);
 
-fn flag(params: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
-    match params.get(key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => Err(ApiError::bad_request(format!("parameter {key:?} must be true or false, got {v}"))),
+struct FlatInto<'a>(&'a mut Vec<f32>);
+
+impl<'de> Deserialize<'de> for Flat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Flat, D::Error> {
+        let mut out = Vec::new();
+        serde::de::DeserializeSeed::deserialize(FlatInto(&mut out), d)?;
+        Ok(Flat(out))
     }
 }
 
-/// Appends the numbers of a (possibly nested) JSON array, row-major.
-fn flatten_numbers(v: &Value, out: &mut Vec<f32>) -> Result<(), ApiError> {
-    match v {
-        Value::Array(items) => items.iter().try_for_each(|x| flatten_numbers(x, out)),
-        Value::Number(n) => {
-            out.push(n.as_f64().ok_or_else(|| ApiError::bad_request(format!("input data holds {n}, not a number")))? as f32);
-            Ok(())
-        }
-        other => Err(ApiError::bad_request(format!("input data must be numbers, found {other}"))),
+impl<'de> serde::de::DeserializeSeed<'de> for FlatInto<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-pub async fn infer(State(state): State<Arc<AppState>>, Path(path): Path<ModelPath>, req: Request) -> Result<Response, ApiError> {
-    // The body is read before anything can be refused: an answer sent while the client is
-    // still writing would reach it as a reset connection instead of the message.
-    let (parts, body) = read_body(req, state.limits.max_body).await?;
-    let model = state.model(&path)?.clone();
-    let header_len = match parts.headers.get(HEADER_LENGTH) {
+impl<'de> serde::de::Visitor<'de> for FlatInto<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("numbers, or arrays of numbers")
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.0.push(v as f32);
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.0.push(v as f32);
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.0.push(v as f32);
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(FlatInto(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+}
+
+/// Step 1, parse: the JSON header (`Inference-Header-Content-Length` bytes, or the whole body)
+/// and each input's share of the binary data after it. Runs on the blocking pool.
+fn parse(headers: &HeaderMap, body: &Bytes) -> Result<(InferRequest, Vec<TensorIn>, Vec<OutputWanted>), ApiError> {
+    let header_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| ApiError::bad_request(format!("{HEADER_LENGTH} must be a byte count, got {v:?}")))?),
     };
@@ -215,122 +252,79 @@ pub async fn infer(State(state): State<Arc<AppState>>, Path(path): Path<ModelPat
     if split > body.len() {
         return Err(ApiError::bad_request(format!("{HEADER_LENGTH} is {split} but the body has only {} bytes", body.len())));
     }
-    let request: InferRequest = serde_json::from_slice(&body[..split]).map_err(|e| ApiError::bad_request(format!("malformed inference request JSON: {e}")))?;
-    let mut binary = &body[split..];
-
-    let (input_name, p) = model.input.clone().ok_or_else(|| ApiError::bad_request(model.no_input.clone().unwrap_or_default()))?;
-    let s = state.catalog.crops[p] as i64;
-    let [input] = request.inputs.as_slice() else {
-        return Err(ApiError::bad_request(format!("model {:?} takes one input, {input_name:?}; the request has {}", model.name, request.inputs.len())));
-    };
-    if input.name != input_name {
-        return Err(ApiError::bad_request(format!("unknown input {:?}: model {:?} takes {input_name:?}", input.name, model.name)));
-    }
-    if input.datatype != "FP32" {
-        return Err(ApiError::bad_request(format!("input {:?} has datatype {}; the model takes FP32", input.name, input.datatype)));
-    }
-    if input.shape.len() != 4 || input.shape[0] < 1 || input.shape[1..] != [3, s, s] {
-        return Err(ApiError::bad_request(format!(
-            "input {:?} has shape {:?}; the model takes [-1, 3, {s}, {s}] (N × 3 × {s} × {s} float32, preprocessed as its model card says)",
-            input.name, input.shape
-        )));
-    }
-    let n = input.shape[0] as usize;
-    let count = n * 3 * (s * s) as usize;
-    let data: Vec<f32> = match input.parameters.get("binary_data_size") {
-        Some(size) => {
-            let size = size.as_u64().ok_or_else(|| ApiError::bad_request(format!("binary_data_size must be a byte count, got {size}")))? as usize;
-            if size != count * 4 {
-                return Err(ApiError::bad_request(format!("binary_data_size is {size} bytes; shape {:?} of FP32 needs {}", input.shape, count * 4)));
+    let mut request: InferRequest = serde_json::from_slice(&body[..split]).map_err(|e| ApiError::bad_request(format!("malformed inference request JSON: {e}")))?;
+    let mut at = split;
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in std::mem::take(&mut request.inputs) {
+        let data = match (input.parameters.binary_data_size, input.data) {
+            (Some(size), _) => {
+                let end = usize::try_from(size).ok().and_then(|size| at.checked_add(size)).filter(|&end| end <= body.len()).ok_or_else(|| {
+                    ApiError::bad_request(format!("input {:?}: binary_data_size is {size} bytes but the body holds only {} after the JSON header", input.name, body.len() - at))
+                })?;
+                let raw = body.slice(at..end);
+                at = end;
+                TensorData::Raw(raw)
             }
-            if binary.len() < size {
-                return Err(ApiError::bad_request(format!("the body holds {} bytes of binary tensor data, binary_data_size says {size}", binary.len())));
-            }
-            let (mine, rest) = binary.split_at(size);
-            binary = rest;
-            mine.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-        }
-        None => {
-            let v = input.data.as_ref().ok_or_else(|| ApiError::bad_request(format!("input {:?} has neither \"data\" nor binary_data_size", input.name)))?;
-            let mut out = Vec::with_capacity(count);
-            flatten_numbers(v, &mut out)?;
-            if out.len() != count {
-                return Err(ApiError::bad_request(format!("input {:?} has {} values; shape {:?} needs {count}", input.name, out.len(), input.shape)));
-            }
-            out
-        }
-    };
-    if !binary.is_empty() {
-        return Err(ApiError::bad_request(format!("{} bytes of binary data follow the JSON header that no input claims", binary.len())));
+            (None, Some(Flat(values))) => TensorData::Numbers(values),
+            (None, None) => TensorData::Missing,
+        };
+        inputs.push(TensorIn { name: input.name, datatype: input.datatype, shape: input.shape, data });
     }
-    let c = state.catalog.classes.len();
-    let all_binary = flag(&request.parameters, "binary_data_output")?.unwrap_or(false);
-    let wanted: Vec<Wanted> = match &request.outputs {
-        None => vec![Wanted { classification: None, binary: all_binary }],
-        Some(outs) => outs
-            .iter()
-            .map(|o| {
-                if o.name != state.catalog.output {
-                    return Err(ApiError::bad_request(format!("unknown output {:?}: model {:?} has {:?}", o.name, model.name, state.catalog.output)));
-                }
-                let classification = match o.parameters.get("classification") {
-                    None => None,
-                    Some(k) => match k.as_u64() {
-                        Some(k) if (1..=c as u64).contains(&k) => Some(k as usize),
-                        _ => return Err(ApiError::bad_request(format!("classification must be a count from 1 to {c}, got {k}"))),
-                    },
-                };
-                Ok(Wanted { classification, binary: flag(&o.parameters, "binary_data")?.unwrap_or(all_binary) })
-            })
-            .collect::<Result<_, _>>()?,
-    };
+    if at != body.len() {
+        return Err(ApiError::bad_request(format!("{} bytes of binary data follow the JSON header that no input claims", body.len() - at)));
+    }
+    let all_binary = request.parameters.binary_data_output.unwrap_or(false);
+    let outputs = std::mem::take(&mut request.outputs)
+        .into_iter()
+        .map(|o| OutputWanted { binary: o.parameters.binary_data.unwrap_or(all_binary), classification: o.parameters.classification, name: o.name })
+        .collect();
+    Ok((request, inputs, outputs))
+}
 
-    let _admitted = state.admit(n)?;
-    let items = state.prep.clone().tensors(data, n, p).await?;
-    let reply = state.run(model.target, items).await?;
-    let rows = reply.rows;
-
-    let mut outputs = Vec::new();
+/// Step 4, encode: the response, JSON or JSON header + binary tensors. Runs on the blocking pool.
+fn encode(catalog: &Catalog, model: &ServedModel, id: Option<String>, outputs: &[Output], rows: &Array2<f32>) -> Result<Response, ApiError> {
+    let n = rows.nrows();
+    let mut heads = Vec::with_capacity(outputs.len());
     let mut tail: Vec<u8> = Vec::new();
-    for w in &wanted {
-        let (datatype, shape, json_data, bytes): (&str, Vec<usize>, Value, Vec<u8>) = match w.classification {
+    for w in outputs {
+        let out = match w.classification {
             Some(k) => {
-                let classes = &state.catalog.classes;
-                let mut labels: Vec<String> = Vec::with_capacity(n * k);
-                for row in rows.rows() {
-                    let row = row.to_vec();
-                    labels.extend(top_k(&row, k).into_iter().map(|i| format!("{}:{i}:{}", row[i], classes[i])));
+                let labels = infer::labels(rows, k, &catalog.classes);
+                let mut out = json!({ "name": catalog.output, "datatype": "BYTES", "shape": [n, k] });
+                if w.binary {
+                    let bytes = infer::raw_strings(&labels);
+                    out["parameters"] = json!({ "binary_data_size": bytes.len() });
+                    tail.extend_from_slice(&bytes);
+                } else {
+                    out["data"] = json!(labels);
                 }
-                let bytes = if w.binary { labels.iter().flat_map(|l| (l.len() as u32).to_le_bytes().into_iter().chain(l.bytes())).collect() } else { Vec::new() };
-                ("BYTES", vec![n, k], json!(labels), bytes)
+                out
             }
             None => {
-                let flat: Vec<f32> = rows.iter().copied().collect();
-                let bytes = if w.binary { flat.iter().flat_map(|v| v.to_le_bytes()).collect() } else { Vec::new() };
-                ("FP32", vec![n, c], json!(flat), bytes)
+                let mut out = json!({ "name": catalog.output, "datatype": "FP32", "shape": [n, rows.ncols()] });
+                if w.binary {
+                    let bytes = infer::raw_floats(rows);
+                    out["parameters"] = json!({ "binary_data_size": bytes.len() });
+                    tail.extend_from_slice(&bytes);
+                } else {
+                    out["data"] = json!(rows.iter().copied().collect::<Vec<f32>>());
+                }
+                out
             }
         };
-        let mut out = json!({ "name": state.catalog.output, "datatype": datatype, "shape": shape });
-        if w.binary {
-            out["parameters"] = json!({ "binary_data_size": bytes.len() });
-            tail.extend_from_slice(&bytes);
-        } else {
-            out["data"] = json_data;
-        }
-        outputs.push(out);
+        heads.push(out);
     }
-    let mut head = json!({ "model_name": model.name, "model_version": model.version, "outputs": outputs });
-    if let Some(id) = &request.id {
+    let mut head = json!({ "model_name": model.name, "model_version": model.version, "outputs": heads });
+    if let Some(id) = id {
         head["id"] = json!(id);
     }
-    let head = serde_json::to_vec(&head).map_err(|e| ApiError::internal(format!("cannot encode the response: {e}")))?;
-    let mut resp = if !wanted.iter().any(|w| w.binary) {
-        let mut r = Response::new(Body::from(head));
+    let mut body = serde_json::to_vec(&head).map_err(|e| ApiError::internal(format!("cannot encode the response: {e}")))?;
+    let mut resp = if !outputs.iter().any(|w| w.binary) {
+        let mut r = Response::new(Body::from(body));
         r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         r
     } else {
-        let len = head.len();
-        let mut body = head;
+        let len = body.len();
         body.extend_from_slice(&tail);
         let mut r = Response::new(Body::from(Bytes::from(body)));
         r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
@@ -339,4 +333,29 @@ pub async fn infer(State(state): State<Arc<AppState>>, Path(path): Path<ModelPat
     };
     resp.extensions_mut().insert(Images(n));
     Ok(resp)
+}
+
+/// `POST /v2/models/{name}[/versions/{v}]/infer`: read the body, then parse → validate → run →
+/// encode, the parsing and encoding on the blocking pool (see [`super::infer`] for the checks).
+pub async fn infer(State(state): State<Arc<AppState>>, Path(path): Path<ModelPath>, req: Request) -> Result<Response, ApiError> {
+    // The body is read before anything can be refused: an answer sent while the client is
+    // still writing would reach it as a reset connection instead of the message.
+    let body = read_body(&state, req).await?;
+    let model = state.model(&path)?.clone();
+    let st = state.clone();
+    let m = model.clone();
+    // The body's room in the budget is kept for its floats until they have run.
+    let (id, checked, room) = blocking(move || {
+        let ReadBody { parts, bytes, room } = body;
+        let (request, inputs, outputs) = parse(&parts.headers, &bytes)?;
+        let all_binary = request.parameters.binary_data_output.unwrap_or(false);
+        let checked = infer::validate(&st.catalog, &m, st.limits.max_queue, inputs, outputs, all_binary)?;
+        Ok((request.id, checked, room))
+    })
+    .await?;
+    let outputs = checked.outputs.clone();
+    let rows = infer::run(&state, model.target, checked).await?;
+    drop(room);
+    let st = state.clone();
+    blocking(move || encode(&st.catalog, &model, id, &outputs, &rows)).await
 }
