@@ -9,12 +9,13 @@ make:   for --arch and each --size, preprocesses --photos real photos with PIL t
         padding is computed from the image size, so 225 px exercises odd paddings) in eval mode
         and writes into --out:
           <arch>_<size>_io.safetensors  {"input": B×3×S×S, "logits": B×1000, "top5": B×5 int64}
-          <arch>_timm.safetensors       the packaged weights under timm's names, mapped by
-                                        module order and shape and checked: timm's model with
-                                        them gives the reference logits (max |diff| printed)
+          <arch>_timm.safetensors       the packaged weights under timm's names, renamed by
+                                        name (to_timm's rules, every timm tensor once, same
+                                        shapes) and checked: timm's model with them gives the
+                                        reference logits (max |diff| printed)
           <arch>.pth                    path of the packaged file, in <arch>_weights.txt
-check:  loads a state dict written by sorbier into the reference model with strict=True and
-        into timm's (renamed), and compares both models' eval logits on io["input"] with
+check:  loads a state dict written by sorbier into the reference model with strict=True and,
+        renamed by to_timm's rules, into timm's with strict=True, and compares both models' eval logits on io["input"] with
         io["logits"] (tolerance --tol × max|logit|); exit status 0 = pass.
 
     .venv/bin/python tools/efficientnet_reference.py make --arch efficientnet-lite0 --sizes 224 225 --photos DIR --out DIR
@@ -52,14 +53,40 @@ def timm_model(arch: str, classes: int = 1000):
     return timm.create_model("tf_" + arch.replace("-", "_"), pretrained=False, num_classes=classes).eval()
 
 
-def to_timm(state: dict, timm_keys: list) -> dict:
-    """Renames a reference state dict to timm's names: the two list their tensors in the same
-    module order (stem, blocks, head, classifier), which is checked by shape."""
-    ours = [k for k in state if not k.endswith("num_batches_tracked")]
-    theirs = [k for k in timm_keys if not k.endswith("num_batches_tracked")]
-    if len(ours) != len(theirs):
-        raise SystemExit(f"{len(ours)} reference tensors vs {len(theirs)} timm tensors")
-    return dict(zip(theirs, (state[k] for k in ours)))
+# Reference module name -> timm's, outside the blocks.
+TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+# Inside a block: timm's inverted residual (conv_pw, bn1, conv_dw, bn2, conv_pwl, bn3) where the
+# block expands its input, its depthwise-separable block (conv_dw, bn1, conv_pw, bn2) where not.
+EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+
+
+def to_timm(state: dict, tm) -> dict:
+    """Renames a reference state dict to timm's names, tensor by tensor by the naming rules above
+    (the order of either dict plays no part): block N of the reference is the N-th block of
+    timm's stages. Every timm tensor must be named exactly once, with the reference's shape."""
+    positions = [f"blocks.{s}.{j}" for s, stage in enumerate(tm.blocks) for j in range(len(stage))]
+    expanded = {k.split(".")[1] for k in state if "._expand_conv." in k}
+    out = {}
+    for k, v in state.items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        parts = k.split(".")
+        if parts[0] == "_blocks":
+            rule = EXPANDED if parts[1] in expanded else SEPARABLE
+            name = ".".join([positions[int(parts[1])], rule[parts[2]], *parts[3:]])
+        else:
+            name = ".".join([TOP_LEVEL[parts[0]], *parts[1:]])
+        if name in out:
+            raise SystemExit(f"{k} and another tensor both map to timm's {name}")
+        out[name] = v
+    theirs = {k: v for k, v in tm.state_dict().items() if not k.endswith("num_batches_tracked")}
+    if set(out) != set(theirs):
+        raise SystemExit(f"timm names not covered: {sorted(set(theirs) - set(out))}; unknown to timm: {sorted(set(out) - set(theirs))}")
+    wrong = [k for k in out if out[k].shape != theirs[k].shape]
+    if wrong:
+        raise SystemExit(f"shapes differ from timm's for {wrong}")
+    return out
 
 
 def preprocess(size: int):
@@ -92,7 +119,7 @@ def make(a) -> int:
         summary[str(size)] = {"top1": top5[:, 0].tolist(), "max_abs_logit": logits.abs().max().item()}
         if size == a.sizes[0]:
             tm = timm_model(a.arch)
-            timm_state = to_timm(state, list(tm.state_dict().keys()))
+            timm_state = to_timm(state, tm)
             tm.load_state_dict({**timm_state, **{k: v for k, v in tm.state_dict().items() if k.endswith("num_batches_tracked")}}, strict=True)
             with torch.no_grad():
                 diff = (tm(x) - logits).abs().max().item()
@@ -112,9 +139,7 @@ def check(a) -> int:
     model = reference(a.arch, size, a.classes)
     model.load_state_dict(state, strict=True)  # every key, num_batches_tracked included
     tm = timm_model(a.arch, a.classes)
-    # In the reference's module order (a safetensors file lists its tensors sorted by name).
-    ordered = {k: state[k] for k in model.state_dict()}
-    timm_state = to_timm(ordered, list(tm.state_dict().keys()))
+    timm_state = to_timm(state, tm)
     tm.load_state_dict({**timm_state, **{k: v for k, v in tm.state_dict().items() if k.endswith("num_batches_tracked")}}, strict=True)
     tol = a.tol * max(1.0, want.abs().max().item())
     result = {}

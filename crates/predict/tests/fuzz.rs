@@ -39,17 +39,31 @@ fn the_seeds_are_read() {
     }
     let saved = in_file(&logits_seed(), sorbier_predict::output::logits::load).unwrap();
     assert_eq!(saved.mean.dim(), (2, 3));
+    // Two different seeds are scored against each other: the fuzz below reaches the paths that
+    // compare a submission with a solution that does not match it.
+    let seeds = corpus("csv");
+    let (sub, sol) = (&seeds[0], &seeds[seeds.len() - 1]);
+    let err = in_file(&sub.1, |a| in_file(&sol.1, |b| sorbier_predict::commands::score::score_files(a, b))).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains("missing from the submission") && err.contains("not in the solution"), "{} against {}: {err}", sub.0, sol.0);
+}
+
+/// Scores `submission` against `solution`, each written to its own file.
+fn score(submission: &[u8], solution: &[u8]) -> anyhow::Result<sorbier_predict::commands::score::Score> {
+    in_file(submission, |a| in_file(solution, |b| sorbier_predict::commands::score::score_files(a, b)))
 }
 
 proptest! {
     #![proptest_config(config())]
 
+    /// A mutated submission against the intact solution it came from, and an intact
+    /// submission against a mutated solution: rows go missing, appear, repeat or change class.
     #[test]
-    fn the_submission_reader_never_panics(seed in 0usize..64, m in mutation()) {
+    fn scoring_never_panics(seed in 0usize..64, m in mutation(), mutate_solution in any::<bool>()) {
         let seeds = corpus("csv");
         let (_, bytes) = &seeds[seed % seeds.len()];
-        let sub = mutate(bytes, &m);
-        let _ = in_file(&sub, |p| sorbier_predict::commands::score::score_files(p, p));
+        let mutated = mutate(bytes, &m);
+        let _ = if mutate_solution { score(bytes, &mutated) } else { score(&mutated, bytes) };
     }
 
     #[test]

@@ -44,6 +44,9 @@ fn predicts_the_flowers_test_set_in_sample_order_and_scores_it() {
         let scores: Vec<f64> = r[5..8].iter().map(|x| x.parse().unwrap()).collect();
         assert!(scores[0] >= scores[1] && scores[1] >= scores[2] && scores[0] <= 1.0 && scores[2] >= 0.0, "{scores:?}");
     }
+    // The random-weight fixture names varied classes, so the tests that compare top-1 classes
+    // on it (int8, the server) can fail.
+    assert_varied_top1(&rows);
 
     let o = run(&["score", "--submission", s(&out), "--solution", s(&data.join("solution.csv"))]);
     assert!(o.status.success());

@@ -79,11 +79,15 @@ fn quantize_writes_a_checked_int8_model_that_info_predict_and_ensembles_use() {
     let card = Quantization::from_props(model.metadata_props.iter().map(|p| (p.key.as_deref().unwrap(), p.value.as_deref().unwrap()))).unwrap().unwrap();
     assert_eq!((card.method.as_str(), card.images, card.nodes["Conv"]), ("minmax", 40, 20));
     assert_eq!(card.parent_sha256, sorbier_predict::output::fingerprint::file_sha256(&f.a).unwrap());
-    // The same draw of the same folder gives the same fingerprint; another seed another one.
-    let again = tmp.path().join("again.int8.onnx");
+    // The same draw of the same folder gives the same fingerprint and the same file; another
+    // seed another fingerprint.
+    let card_of = |p: &Path| Quantization::from_props(sorbier::export::read_model(p).unwrap().metadata_props.iter().map(|p| (p.key.as_deref().unwrap(), p.value.as_deref().unwrap()))).unwrap().unwrap();
+    let (same, again) = (tmp.path().join("same.int8.onnx"), tmp.path().join("again.int8.onnx"));
+    assert!(quantize(&f.a, &same, &["--images", "40", "--seed", "0"]).status.success());
+    assert_eq!(card_of(&same).data_fingerprint, card.data_fingerprint, "--seed 0 is the default draw");
+    assert!(std::fs::read(&same).unwrap() == std::fs::read(&int8).unwrap(), "the same draw gives the same int8 file");
     assert!(quantize(&f.a, &again, &["--images", "40", "--seed", "1"]).status.success());
-    let other = Quantization::from_props(sorbier::export::read_model(&again).unwrap().metadata_props.iter().map(|p| (p.key.as_deref().unwrap(), p.value.as_deref().unwrap()))).unwrap().unwrap();
-    assert_ne!(other.data_fingerprint, card.data_fingerprint);
+    assert_ne!(card_of(&again).data_fingerprint, card.data_fingerprint);
 
     let o = run(&["info", s(&int8)]);
     let text = String::from_utf8_lossy(&o.stdout);
@@ -96,6 +100,7 @@ fn quantize_writes_a_checked_int8_model_that_info_predict_and_ensembles_use() {
     let fp32 = predict(&[&f.a], &tmp.path().join("fp32.csv"), &[]);
     let q = predict(&[&int8], &tmp.path().join("int8.csv"), &[]);
     assert_eq!(q.len(), 251);
+    assert_varied_top1(&fp32);
     let agree = agreement(&fp32, &q);
     eprintln!("random-weight fixture: int8 agrees with float32 on {:.1} % of the test photos", 100.0 * agree);
     assert!(agree >= 0.9, "int8 and float32 disagree on {:.1} % of the photos", 100.0 * (1.0 - agree));
@@ -152,15 +157,11 @@ fn quantize_refuses_bad_inputs_and_writes_nothing() {
 }
 
 /// A tiny ResNet-18 trained on flowers/train by the workspace's `trainer` (64 px, 4 epochs),
-/// exported; built once and kept in the target folder.
+/// exported; built once and kept in the target folder under a hash of what makes it: the
+/// trainer binary (which also exports), its arguments and the training data's fingerprint.
 fn trained_model() -> &'static Path {
     static MODEL: OnceLock<PathBuf> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("quantize-trained-r18-64px-v1");
-        let model = dir.join("model.onnx");
-        if model.exists() {
-            return model;
-        }
         let trainer = Path::new(bin()).with_file_name("trainer");
         if !trainer.is_file() {
             // `cargo test` at the root builds it; run alone, this crate's tests build it here.
@@ -172,16 +173,24 @@ fn trained_model() -> &'static Path {
             }
             assert!(build.status().unwrap().success(), "building the trainer failed");
         }
+        let train = flowers().join("train");
+        let recipe = [
+            "--arch", "resnet18", "--image-size", "64", "--epochs", "4", "--batch-size", "32", "--optimizer", "adam", "--lr", "1e-3",
+            "--val-fraction", "0", "--workers", "2", "--threads", "2", "--device", "cpu", "--seed", "0", "--quiet", "--no-report",
+        ];
+        let data = sorbier::data::Dataset::scan(&train).unwrap().fingerprint().unwrap();
+        let key = key(&[&std::fs::read(&trainer).unwrap(), recipe.join(" ").as_bytes(), data.as_bytes()]);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("quantize-trained-{key}"));
+        let model = dir.join("model.onnx");
+        if model.exists() {
+            return model;
+        }
         let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).unwrap();
         let run_dir = tmp.join("run");
-        let train = flowers().join("train");
-        let args = [
-            "train", s(&train), "--out", s(&run_dir), "--arch", "resnet18", "--image-size", "64", "--epochs", "4",
-            "--batch-size", "32", "--optimizer", "adam", "--lr", "1e-3", "--val-fraction", "0", "--workers", "2",
-            "--threads", "2", "--device", "cpu", "--seed", "0", "--quiet", "--no-report",
-        ];
+        let mut args = vec!["train", s(&train), "--out", s(&run_dir)];
+        args.extend(recipe);
         let o = Command::new(&trainer).args(args).output().unwrap();
         assert!(o.status.success(), "trainer failed:\n{}", String::from_utf8_lossy(&o.stderr));
         let o = Command::new(&trainer).args(["export", s(&run_dir), "-o", s(&tmp.join("model.onnx"))]).output().unwrap();

@@ -172,6 +172,25 @@ fn merge_refuses_shards_with_other_weights_or_averaging() {
 }
 
 #[test]
+fn merge_refuses_shards_with_other_model_weights() {
+    // Shards of the ensemble (a, b): 1/3 and 3/3 weighted 1:3, 2/3 weighted 3:1.
+    let (sp, f) = (split(), fixtures());
+    let tmp = tempfile::tempdir().unwrap();
+    let part = |k: usize, weights: &str| {
+        let (csv, logits) = (tmp.path().join(format!("{k}-{weights}.csv")), tmp.path().join(format!("{k}-{weights}.safetensors")));
+        let spec = format!("{k}/3");
+        let o = predict_with(&[&f.a, &f.b], &sp.images, &sp.sample, &csv, &["--shard", &spec, "--weights", weights, "--save-logits", s(&logits)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        logits
+    };
+    let (one, two, three, other_two) = (part(1, "1,3"), part(2, "1,3"), part(3, "1,3"), part(2, "3,1"));
+    // The same weights merge: the refusal below is about the weights alone.
+    let o = merge(&[&one, &two, &three], &tmp.path().join("merged.csv"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    refused(&[&one, &other_two, &three], &["not shards of one run", "different model weights ([1.0, 3.0] vs [3.0, 1.0])"]);
+}
+
+#[test]
 fn merge_refuses_shards_of_another_image_list() {
     let sp = split();
     let tmp = tempfile::tempdir().unwrap();

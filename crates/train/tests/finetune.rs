@@ -50,6 +50,27 @@ fn weights(path: &Path) -> HashMap<String, Tensor> {
     read_state_dict(path).unwrap().into_iter().collect()
 }
 
+/// The learnable tensors of a saved state dict: BatchNorm's running statistics and counters
+/// move in a forward pass, so only these prove that an optimiser step happened.
+fn learnable(w: &HashMap<String, Tensor>) -> impl Iterator<Item = (&String, &Tensor)> {
+    w.iter().filter(|(n, _)| !n.contains("running_") && !n.ends_with("num_batches_tracked"))
+}
+
+/// Names of the learnable tensors of `a` that are bit for bit the same in `b`, sorted.
+fn unchanged(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> Vec<String> {
+    let mut same: Vec<String> = learnable(a).filter(|(n, t)| t.equal(&b[*n])).map(|(n, _)| n.clone()).collect();
+    same.sort();
+    same
+}
+
+/// A run of `extra` trained for one epoch, then resumed to two: the weights after each epoch.
+fn one_epoch_then_two(run: &Path, extra: &[&str]) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+    ok(&args(run, 1, extra));
+    let first = weights(&run.join("last.safetensors"));
+    ok(&["train", "--resume", run.to_str().unwrap(), "--epochs", "2", "--quiet"].iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    (first, weights(&run.join("last.safetensors")))
+}
+
 /// The packaged ImageNet state dict.
 fn imagenet() -> (PathBuf, HashMap<String, Tensor>) {
     let found = sorbier_train::model::pretrained::resolve(&sorbier_train::model::pretrained::Pretrained::Imagenet, Arch::EfficientnetLite0).unwrap();
@@ -81,8 +102,7 @@ fn pretrained_efficientnet_fine_tunes_with_bf16_channels_last_and_resumes_exactl
     assert!(h.iter().all(|r| r.train_loss.is_finite() && r.val_top1.is_finite()));
 
     // One epoch, then --resume to two: the same history and weights as the straight run.
-    ok(&args(&resumed, 1, &fast));
-    ok(&["train", "--resume", resumed.to_str().unwrap(), "--epochs", "2", "--quiet"].iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let (epoch1, _) = one_epoch_then_two(&resumed, &fast);
     let hr = read_history(&resumed.join("history.csv")).unwrap();
     let cols = |rows: &[sorbier_train::files::HistoryRow]| rows.iter().map(|r| [r.lr, r.train_loss, r.train_acc, r.val_loss, r.val_top1]).collect::<Vec<_>>();
     assert_eq!(cols(&hr), cols(&h));
@@ -91,6 +111,15 @@ fn pretrained_efficientnet_fine_tunes_with_bf16_channels_last_and_resumes_exactl
     for (name, t) in &a {
         assert!(t.equal(&b[name]), "{name} differs after resume");
     }
+
+    // Fine-tuning moved every learnable tensor, the new head and the pretrained backbone alike:
+    // each differs between epoch 1 and epoch 2, and every backbone tensor from ImageNet's.
+    let spec = Arch::EfficientnetLite0.spec(5);
+    assert_eq!(learnable(&a).count(), 2 * 49 + 49 + 2, "convs, BatchNorm weight and bias, the head");
+    assert_eq!(unchanged(&a, &epoch1), Vec::<String>::new(), "not trained in epoch 2");
+    let (_, pretrained) = imagenet();
+    let backbone: HashMap<String, Tensor> = learnable(&a).filter(|(n, _)| !spec.is_classifier(n)).map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    assert_eq!(unchanged(&backbone, &pretrained), Vec::<String>::new(), "still ImageNet's after fine-tuning");
 }
 
 #[test]
@@ -117,19 +146,30 @@ fn feature_extraction_and_a_zero_backbone_rate_keep_the_pretrained_backbone() {
                 same_convs += (t.dim() == 4) as usize;
             }
         }
-        assert_eq!(same_convs, 1 + 2 + 15 * 3 + 1, "stem, every block's convs (no expansion in the first), head");
+        assert_eq!(same_convs, 1 + 2 + 15 * 3 + 1, "stem, every block's convs (no expansion in the first), head conv");
         if stats_frozen {
             assert_eq!(moved_stats, 0, "feature extraction keeps BatchNorm statistics");
         } else {
             assert!(moved_stats > 90, "full mode updates BatchNorm statistics ({moved_stats})");
         }
     };
-    let fe = dir.path().join("fe");
-    ok(&args(&fe, 1, &["--mode", "feature-extract"]));
-    check(&fe, true);
-    let zero = dir.path().join("zero");
-    ok(&args(&zero, 1, &["--backbone-lr-scale", "0"]));
-    check(&zero, false);
+    // Each trained one epoch, then resumed for a second: the backbone is ImageNet's bit for bit
+    // after both, and the head moved in epoch 2 (so the optimiser did step).
+    for (name, extra, stats_frozen) in [("fe", ["--mode", "feature-extract"], true), ("zero", ["--backbone-lr-scale", "0"], false)] {
+        let run = dir.path().join(name);
+        let (epoch1, epoch2) = one_epoch_then_two(&run, &extra);
+        check(&run, stats_frozen);
+        let head = |w: &HashMap<String, Tensor>| {
+            let mut h: Vec<(String, Tensor)> = w.iter().filter(|(n, _)| spec.is_classifier(n)).map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+            h.sort_by(|x, y| x.0.cmp(&y.0));
+            h
+        };
+        let (h1, h2) = (head(&epoch1), head(&epoch2));
+        assert_eq!(h1.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["_fc.bias", "_fc.weight"]);
+        for ((n, a), (_, b)) in h1.iter().zip(&h2) {
+            assert!(!a.equal(b), "{name}: the head's {n} did not move in epoch 2");
+        }
+    }
 }
 
 #[test]

@@ -1,9 +1,16 @@
 //! End-to-end tests of `trainer train` on the real flowers photos at a tiny resolution:
 //! the loss falls, the run directory is complete and consistent, `--resume` (also after a
-//! `kill -9`) reproduces an uninterrupted run, and bad requests are clear errors.
+//! `kill -9` inside an epoch) reproduces an uninterrupted run, and bad requests are clear errors.
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sorbier::data::split::{self, SplitSpec};
+use sorbier::data::Dataset;
 
 use sorbier::run::{CheckpointInfo, RunConfig};
 use sorbier_train::files::{read_history, HistoryRow};
@@ -26,6 +33,86 @@ fn subset(dir: &Path, per_class: usize) -> PathBuf {
         }
     }
     root
+}
+
+/// A mirror of flowers/train (symbolic links) in which one validation photo is a named pipe
+/// that a thread of the test serves each time the trainer opens it. A validation photo is read
+/// only by the validation pass, which starts after the epoch's last training step and ends
+/// before the epoch is committed: while the pipe holds that read back, the trainer is provably
+/// inside the epoch, with all its steps taken and none of them saved.
+struct PipedPhoto {
+    root: PathBuf,
+    fifo: PathBuf,
+    /// The next read that starts while this file exists is held back (once).
+    hold_after: Arc<Mutex<Option<PathBuf>>>,
+    held: mpsc::Receiver<()>,
+    release: mpsc::Sender<()>,
+    stop: Arc<AtomicBool>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl PipedPhoto {
+    /// The split of `base_args`' recipe (`--seed 3`, the default 20 % holdout).
+    const SPLIT: SplitSpec = SplitSpec::Holdout { val_fraction: 0.2, seed: 3 };
+
+    fn new(dir: &Path) -> PipedPhoto {
+        let root = subset(dir, usize::MAX);
+        let ds = Dataset::scan(&root).unwrap();
+        let split = split::split(&ds.labels(), ds.classes.len(), &Self::SPLIT).unwrap();
+        let fifo = ds.samples[split.val[0]].path.clone();
+        let photo = std::fs::read(&fifo).unwrap();
+        std::fs::remove_file(&fifo).unwrap();
+        assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo failed");
+        let (hold_after, stop) = (Arc::new(Mutex::new(None::<PathBuf>)), Arc::new(AtomicBool::new(false)));
+        let ((held_tx, held), (release, release_rx)) = (mpsc::channel(), mpsc::channel());
+        let (pipe, hold, stopped) = (fifo.clone(), hold_after.clone(), stop.clone());
+        let server = std::thread::spawn(move || loop {
+            // Opening the write end waits for a reader.
+            let Ok(mut w) = std::fs::OpenOptions::new().write(true).open(&pipe) else { return };
+            if stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            if hold.lock().unwrap().take_if(|marker| marker.exists()).is_some() {
+                let _ = held_tx.send(());
+                let _ = release_rx.recv();
+                continue; // the reader was killed: close without writing
+            }
+            let _ = w.write_all(&photo);
+        });
+        PipedPhoto { root, fifo, hold_after, held, release, stop, server: Some(server) }
+    }
+
+    /// Runs `args` (a 2-epoch or longer run of `run` on this data), holds back epoch 2's read
+    /// of the piped validation photo and kills the trainer with SIGKILL there. Checks that the
+    /// run is then committed up to epoch 1 only: epoch 2's training steps were taken and lost.
+    fn kill_in_epoch_2(&self, run: &Path, args: &[String]) {
+        // Epoch 1's validation reads the photo before last.json exists; epoch 2's after.
+        *self.hold_after.lock().unwrap() = Some(run.join("last.json"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut waited = 0;
+        while self.held.recv_timeout(Duration::from_millis(100)).is_err() {
+            assert!(child.try_wait().unwrap().is_none(), "the trainer exited before epoch 2's validation");
+            waited += 1;
+            assert!(waited < 6000, "epoch 2's validation did not start within 10 minutes");
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        self.release.send(()).unwrap();
+        assert_eq!(CheckpointInfo::load(&run.join("last.json")).unwrap().epoch, 1, "killed inside epoch 2");
+        assert_eq!(read_history(&run.join("history.csv")).unwrap().len(), 1);
+        assert_eq!(RunConfig::load(run).unwrap().split, Self::SPLIT, "the piped photo is a validation photo");
+    }
+}
+
+impl Drop for PipedPhoto {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Opening the read end lets the server's waiting open return, and it sees `stop`.
+        let _ = std::fs::File::open(&self.fifo);
+        if let Some(t) = self.server.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A small, fast, deterministic recipe: ResNet-18, 32 px, 4 steps of 12 images per epoch.
@@ -138,12 +225,13 @@ fn training_lowers_the_loss_and_writes_a_complete_run() {
 #[test]
 fn resume_reproduces_an_uninterrupted_run_even_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
+    let data = PipedPhoto::new(dir.path());
     let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
-    let uninterrupted = ok(&base_args(&a, 3));
+    let uninterrupted = ok(&args_for(&data.root, &a, 3));
     assert!(String::from_utf8_lossy(&uninterrupted.stdout).contains("epoch 3/3"));
 
     // Stopped cleanly after 2 epochs, then resumed to 3.
-    ok(&base_args(&b, 2));
+    ok(&args_for(&data.root, &b, 2));
     let resume = |run: &Path| {
         let args: Vec<String> = ["train", "--resume", run.to_str().unwrap(), "--epochs", "3", "--quiet"].iter().map(|s| s.to_string()).collect();
         ok(&args)
@@ -157,20 +245,12 @@ fn resume_reproduces_an_uninterrupted_run_even_after_kill_9() {
     assert_same_weights(&a.join("last.safetensors"), &b.join("last.safetensors"));
     assert_eq!(RunConfig::load(&b).unwrap().train["epochs"], 3);
 
-    // Killed with SIGKILL during epoch 2 (after epoch 1's checkpoint exists), then resumed.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer")).args(base_args(&c, 3)).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-    let started = Instant::now();
-    while !c.join("last.json").exists() {
-        assert!(started.elapsed() < Duration::from_secs(120), "epoch 1 never finished");
-        assert!(child.try_wait().unwrap().is_none(), "trainer exited early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let before = CheckpointInfo::load(&c.join("last.json")).unwrap().epoch;
-    assert!(before < 3, "the run finished before it could be killed");
-    resume(&c);
+    // Killed with SIGKILL inside epoch 2 (its steps taken, not committed), then resumed: epoch 2
+    // is trained again from epoch 1's checkpoint and the run ends as the uninterrupted one.
+    data.kill_in_epoch_2(&c, &args_for(&data.root, &c, 3));
+    let out = resume(&c);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("resuming after epoch 1") && stdout.contains("epoch 2/3"), "{stdout}");
     let hc = read_history(&c.join("history.csv")).unwrap();
     assert_eq!(results(&hc), results(&ha));
     assert_same_weights(&a.join("last.safetensors"), &c.join("last.safetensors"));
@@ -182,8 +262,8 @@ fn resume_reproduces_an_uninterrupted_run_even_after_kill_9() {
     assert_eq!(read_history(&c.join("history.csv")).unwrap().len(), 3);
 }
 
-/// `--channels-last` is recorded, keeps checkpoints in the standard layout, and resumes to the
-/// same result. The layout check: in feature-extraction mode the backbone never changes, so
+/// `--channels-last` is recorded, keeps checkpoints in the standard layout, and resumes after a
+/// `kill -9` inside an epoch to the same result. The layout check: in feature-extraction mode the backbone never changes, so
 /// every backbone tensor a channels-last run saves must equal, bit for bit, the one a default
 /// run saves from the same seed (a layout mix-up would scramble them). Whole trajectories are
 /// not compared: Adam's first steps turn the convolutions' last-bit differences between layouts
@@ -210,9 +290,17 @@ fn channels_last_is_recorded_keeps_the_standard_layout_and_resumes_exactly() {
     }
     assert_eq!(compared, 20, "ResNet-18's convolution weights");
 
-    let (straight, _) = run("straight", 2, &["--channels-last"]);
-    let (resumed, _) = run("resumed", 1, &["--channels-last"]);
-    ok(&["train", "--resume", resumed.to_str().unwrap(), "--epochs", "2", "--quiet"].iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let data = PipedPhoto::new(dir.path());
+    let piped = |out: &Path| {
+        let mut a = args_for(&data.root, out, 2);
+        a.push("--channels-last".into());
+        a
+    };
+    let (straight, resumed) = (dir.path().join("straight"), dir.path().join("resumed"));
+    ok(&piped(&straight));
+    data.kill_in_epoch_2(&resumed, &piped(&resumed));
+    let out = ok(&["train", "--resume", resumed.to_str().unwrap(), "--epochs", "2", "--quiet"].iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resuming after epoch 1"));
     let history = |run: &Path| results(&read_history(&run.join("history.csv")).unwrap());
     assert_eq!(history(&resumed), history(&straight));
     assert_same_weights(&straight.join("last.safetensors"), &resumed.join("last.safetensors"));

@@ -404,6 +404,37 @@ mod tests {
     }
 
     #[test]
+    fn softmax_rows_is_softmax_of_each_row() {
+        let m = ndarray::array![[0.1f32, 2.0, -0.3], [5.0, 5.0, 5.0]];
+        let p = softmax_rows(m.view());
+        assert_eq!(p.dim(), (2, 3));
+        assert_eq!(p.row(0).to_vec(), softmax(&[0.1, 2.0, -0.3]));
+        assert!(p.row(1).iter().all(|&v| (v - 1.0 / 3.0).abs() < 1e-7), "{p:?}");
+    }
+
+    #[test]
+    fn weighted_mean_weighs_each_member_by_its_share_of_the_total() {
+        let a = ndarray::array![[1.0f32, -2.0], [4.0, 0.5]];
+        let b = ndarray::array![[3.0f32, 2.0], [0.0, 0.5]];
+        // Shares 1/4 and 3/4: exact in float32.
+        let want = ndarray::array![[2.5f32, 1.0], [1.0, 0.5]];
+        assert_eq!(weighted_mean(&[a.clone(), b.clone()], &[1.0, 3.0]), want);
+        assert_eq!(weighted_mean(&[a.clone(), b.clone()], &[2.0, 6.0]), want, "only the ratio counts");
+        assert_eq!(weighted_mean(&[a.clone()], &[0.5]), a, "one member is its own mean");
+    }
+
+    #[test]
+    fn weights_are_one_positive_finite_number_per_model() {
+        check_weights(&[1.0, 0.5], 2, "models").unwrap();
+        let err = check_weights(&[1.0], 2, "models").unwrap_err().to_string();
+        assert_eq!(err, "1 weights given for 2 models");
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let err = check_weights(&[1.0, bad], 2, "models").unwrap_err().to_string();
+            assert!(err.starts_with("weights must be positive numbers"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn class_mismatch_shows_the_difference() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let a = (PathBuf::from("a.onnx"), s(&["daisy", "rose", "tulip"]));

@@ -80,6 +80,11 @@ mod tests {
             }
         }
         assert_eq!(Shard { index: 2, count: 3 }.range(10), 3..6);
+        assert_eq!(Shard { index: 3, count: 3 }.range(10), 6..10);
+        let names: Vec<String> = (0..10).map(|i| format!("{i}.jpg")).collect();
+        let info = Shard { index: 3, count: 3 }.info(&names);
+        assert_eq!((info.index, info.count, info.first, info.rows), (3, 3, 6, 10));
+        assert_eq!(info.list, list_fingerprint(&names));
     }
 
     #[test]

@@ -109,13 +109,51 @@ pub struct Fixtures {
     pub other: PathBuf,
 }
 
-/// Bump when `make_model` changes, so stale fixtures are not reused.
-pub const FIXTURE_VERSION: u32 = 1;
+/// The first 16 hex digits of the SHA-256 of `parts` (each length-prefixed, so that no two
+/// different lists hash alike): the key under which a cached fixture is kept in target/tmp.
+pub fn key(parts: &[&[u8]]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every file under `dir`, as (path relative to the repository root, bytes), sorted by path.
+fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()) {
+            if e.is_dir() {
+                stack.push(e);
+            } else {
+                let rel = e.strip_prefix(manifest()).unwrap_or(&e).to_string_lossy().into_owned();
+                out.push((rel, std::fs::read(&e).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The key of the random-weight fixtures: what makes them is `make_model` (this file) and the
+/// core library that builds and writes the graphs (`src/`, `proto/`), so any change to either
+/// makes new fixtures instead of reusing stale ones.
+fn fixtures_key() -> String {
+    let mut files = files_under(&manifest().join("src"));
+    files.extend(files_under(&manifest().join("proto")));
+    files.push(("common/mod.rs".into(), include_bytes!("mod.rs").to_vec()));
+    let parts: Vec<&[u8]> = files.iter().flat_map(|(p, b)| [p.as_bytes(), b.as_slice()]).collect();
+    key(&parts)
+}
 
 pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("predictor-fixtures-v{FIXTURE_VERSION}"));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("predictor-fixtures-{}", fixtures_key()));
         let f = |d: &Path| Fixtures { a: d.join("a64.onnx"), b: d.join("b48.onnx"), other: d.join("other.onnx") };
         if !dir.join("done").exists() {
             // Built aside and renamed into place, so an interrupted run leaves nothing half-made.
@@ -204,6 +242,22 @@ pub fn predict_with(models: &[&Path], images: &Path, sample: &Path, out: &Path, 
     args.extend(FAST);
     args.extend(extra);
     run(&args)
+}
+
+/// Asserts that a submission's top-1 classes are varied enough for a comparison of top-1
+/// classes (int8 against float32, the server against `predict`) to fail when one side answers
+/// the same class for every photo: at least two classes, none on more than 70 % of the rows,
+/// so a constant answer disagrees on at least 30 % (the int8 bar is 90 % agreement). A seeded
+/// random ResNet-18 names few classes (its pooled features share one large common component):
+/// fixture `a` gives roses 163 and sunflowers 87 of the 250 flowers test photos.
+pub fn assert_varied_top1(sub: &[Vec<String>]) {
+    let mut counts = std::collections::BTreeMap::new();
+    for r in &sub[1..] {
+        *counts.entry(r[1].as_str()).or_insert(0usize) += 1;
+    }
+    let most = counts.values().copied().max().unwrap_or(0);
+    eprintln!("top-1 classes over {} rows: {counts:?}", sub.len() - 1);
+    assert!(counts.len() >= 2 && most * 10 <= 7 * (sub.len() - 1), "top-1 classes not varied: {counts:?}");
 }
 
 /// The bit patterns of a matrix (NaN rows compare equal to NaN rows).
