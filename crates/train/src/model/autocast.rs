@@ -7,7 +7,6 @@
 //! range, needs no scaling, and runs on CUDA (Ampere and later) and on CPU (fast only where
 //! the CPU has bf16 instructions).
 use std::ffi::{c_char, c_int};
-use std::fmt;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -21,7 +20,7 @@ extern "C" {
 }
 
 /// The lower precision of a mixed-precision region (`--amp-dtype`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AmpDtype {
     /// float16 with dynamic loss scaling (CUDA).
@@ -31,14 +30,7 @@ pub enum AmpDtype {
     Bf16,
 }
 
-impl fmt::Display for AmpDtype {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AmpDtype::Fp16 => "fp16",
-            AmpDtype::Bf16 => "bf16",
-        })
-    }
-}
+sorbier::spelled!(AmpDtype, "autocast dtype", [Fp16, Bf16]);
 
 /// Restores the autocast state on drop (also while unwinding).
 struct Region {
