@@ -26,6 +26,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::files::{self, Best, Commit, HistoryRow, ResumeState, BEST_CONFUSION, BEST_PER_CLASS, LAST_STATE_JSON, LAST_STATE_TENSORS};
 use super::amp::LossScaler;
+use super::dist::{self, Collective};
 use super::guard::guarded;
 use super::loss;
 use super::optim::{self, Optimizer};
@@ -220,34 +221,44 @@ pub struct Trainer<'a> {
     global_step: u64,
     best: Option<Best>,
     history: Vec<HistoryRow>,
+    /// The other ranks of a data-parallel run (or none), and the BatchNorm buffers rank 0
+    /// broadcasts before each forward pass.
+    comm: &'a Collective,
+    buffers: Vec<Tensor>,
 }
 
 /// Trains the run in `dir` (whose `config.json` is `cfg`): a new run from epoch 1, or with
 /// `resume` from the epoch after the last completed one.
-pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, resume: bool, out: Output) -> Result<()> {
-    let mut trainer = Trainer::set_up(dir, cfg, s, rt, resume, out)?;
+pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, resume: bool, out: Output, comm: &Collective) -> Result<()> {
+    let mut trainer = Trainer::set_up(dir, cfg, s, rt, resume, out, comm)?;
     if resume && !trainer.restore()? {
         return Ok(());
     }
-    trainer.fit()
+    // Every rank starts from rank 0's weights and buffers, as DDP's constructor does.
+    comm.broadcast(&dist::variables(&trainer.vs, |_| true))?;
+    trainer.fit()?;
+    // No rank reports success before rank 0 has committed the last epoch.
+    comm.barrier()
 }
 
 impl<'a> Trainer<'a> {
     /// Device and precision, crash recovery of the run directory, the dataset and its split,
     /// the model (seeded, then pretrained weights for a new run), the optimiser and schedule:
     /// the steps below, in that order.
-    pub fn set_up(dir: &Path, cfg: &'a RunConfig, s: &'a TrainSettings, rt: &'a Runtime, resume: bool, out: Output) -> Result<Trainer<'a>> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_up(dir: &Path, cfg: &'a RunConfig, s: &'a TrainSettings, rt: &'a Runtime, resume: bool, out: Output, comm: &'a Collective) -> Result<Trainer<'a>> {
         let log = out.log.clone();
         if let Some(t) = rt.threads {
             tch::set_num_threads(t as i32);
         }
         super::check_split(&cfg.split, s)?;
         let (device, amp) = Self::choose_device(cfg.arch.family(), s, rt, &*log)?;
-        if resume {
+        if resume && comm.leads() {
             if let Some(note) = files::recover(dir)? {
                 log.warn(&format!("{}: {note}", dir.display()));
             }
         }
+        comm.barrier()?;
         // Killed before the first epoch completed: nothing to continue, start from the beginning.
         let resume = resume && {
             let has_state = dir.join(LAST_STATE_JSON).exists();
@@ -265,16 +276,19 @@ impl<'a> Trainer<'a> {
             Sampling::Weighted => sampler::num_samples(data.train.len(), s.samples_multiplier),
             Sampling::Shuffle => data.train.len(),
         };
-        let mut steps_per_epoch = if s.drop_last { epoch_samples / s.batch_size } else { epoch_samples.div_ceil(s.batch_size) };
+        // Each rank's share of the epoch, as DistributedSampler deals it (padded to equal counts).
+        let rank_samples = epoch_samples.div_ceil(comm.world());
+        let mut steps_per_epoch = if s.drop_last { rank_samples / s.batch_size } else { rank_samples.div_ceil(s.batch_size) };
         if let Some(m) = s.max_steps_per_epoch {
             steps_per_epoch = steps_per_epoch.min(m);
         }
         if steps_per_epoch == 0 {
-            bail!("an epoch of {epoch_samples} training images does not fill one batch of {}", s.batch_size);
+            bail!("an epoch of {rank_samples} training images per rank does not fill one batch of {}", s.batch_size);
         }
         let schedule = LrSchedule::new(s.schedule.clone(), s.epochs, steps_per_epoch, s.best_metric.maximize());
         let class_weight = loss::class_weights(s.class_weights, &data.train_sizes, s.effective_beta)
             .map(|w| Tensor::from_slice(&w.iter().map(|&x| x as f32).collect::<Vec<f32>>()).to_device(device));
+        let buffers = comm.replicated_buffers(&vs);
         Ok(Trainer {
             dir: dir.to_path_buf(),
             cfg,
@@ -296,6 +310,8 @@ impl<'a> Trainer<'a> {
             global_step: 0,
             best: None,
             history: Vec::new(),
+            buffers,
+            comm,
         })
     }
 
@@ -448,7 +464,9 @@ impl<'a> Trainer<'a> {
             bail!("{}: history.csv has {} rows for {} completed epochs", dir.display(), history.len(), st.epoch);
         }
         self.history = history;
-        self.cfg.save(dir)?;
+        if self.comm.leads() {
+            self.cfg.save(dir)?;
+        }
         let log = &self.out.log;
         if self.epoch >= self.s.epochs {
             log.info(&format!("{} already completed {} of {} epochs; raise --epochs to train longer", dir.display(), self.epoch, self.s.epochs));
@@ -485,10 +503,10 @@ impl<'a> Trainer<'a> {
     }
 
     /// This epoch's training order: weighted oversampling or a shuffle, seeded from
-    /// `(seed, epoch)`, cut to whole steps.
+    /// `(seed, epoch)`, this rank's share of it, cut to whole steps.
     fn epoch_order(&self, epoch_seed: u64) -> Vec<usize> {
         let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
-        let mut order: Vec<usize> = match self.s.sampling {
+        let order: Vec<usize> = match self.s.sampling {
             Sampling::Weighted => sampler::weighted_indices(&self.data.train_labels, self.epoch_samples, &mut rng).into_iter().map(|p| self.data.train[p]).collect(),
             Sampling::Shuffle => {
                 let mut o = self.data.train.clone();
@@ -496,6 +514,7 @@ impl<'a> Trainer<'a> {
                 o
             }
         };
+        let mut order = sampler::distributed(&order, self.comm.rank(), self.comm.world(), true);
         order.truncate(self.steps_per_epoch * self.s.batch_size);
         order
     }
@@ -507,7 +526,7 @@ impl<'a> Trainer<'a> {
         tch::manual_seed((epoch_seed >> 1) as i64);
         let order = self.epoch_order(epoch_seed);
         let epoch_images = order.len();
-        let mode = Mode::Train { preprocess: self.cfg.preprocess.clone(), augment: self.cfg.augment.clone(), seed: epoch_seed };
+        let mode = Mode::Train { preprocess: self.cfg.preprocess.clone(), augment: self.cfg.augment.clone(), seed: self.comm.rank_seed(epoch_seed) };
         let loader = Loader::new(self.data.paths.clone(), self.data.labels.clone(), order, mode, self.loader_config(s.drop_last));
         let bar = if self.out.progress { indicatif::ProgressBar::new(self.steps_per_epoch as u64) } else { indicatif::ProgressBar::hidden() };
         bar.set_style(
@@ -548,14 +567,18 @@ impl<'a> Trainer<'a> {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        if seen == 0 {
+        // The epoch's numbers over every rank's images.
+        let mut totals = [loss_sum.double_value(&[]), correct.int64_value(&[]) as f64, seen as f64];
+        self.comm.sum_f64(&mut totals)?;
+        let [loss_total, correct_total, seen] = totals;
+        if seen == 0.0 {
             bail!("epoch {} trained on no images", epoch + 1);
         }
         let train = EpochTrain {
             lr: lr_first,
-            loss: loss_sum.double_value(&[]) / seen as f64,
-            acc: correct.int64_value(&[]) as f64 / seen as f64,
-            images: seen,
+            loss: loss_total / seen,
+            acc: correct_total / seen,
+            images: seen as usize,
             seconds: started.elapsed().as_secs_f64(),
         };
         Ok((train, failures.count))
@@ -569,12 +592,19 @@ impl<'a> Trainer<'a> {
         let x = images_tensor(batch, device, s.channels_last)?;
         let y = Tensor::from_slice(&batch.labels).to_device(device);
         let lr = self.schedule.lr(self.epoch, step);
+        self.comm.broadcast(&self.buffers)?;
         let logits = forward(&self.net, &x, true, device, self.amp)?;
         let loss = loss::cross_entropy(&logits, &y, self.class_weight.as_ref(), s.label_smoothing);
-        // None: fp16 overflow, the step is skipped (and the loss scale has halved).
+        // Gradients averaged over the ranks (before unscaling, so every rank sees the same
+        // overflow). None: fp16 overflow, the step is skipped (and the loss scale has halved).
+        let average = |g: &[Tensor]| self.comm.average(g);
         let grads = match self.scaler.as_mut() {
-            Some(sc) => sc.gradients(&self.opt, &loss)?,
-            None => Some(self.opt.gradients(&loss)?),
+            Some(sc) => sc.gradients(&self.opt, &loss, average)?,
+            None => {
+                let g = self.opt.gradients(&loss)?;
+                average(&g)?;
+                Some(g)
+            }
         };
         if let Some(grads) = grads {
             if let Some(v) = s.clip_value {
@@ -595,11 +625,15 @@ impl<'a> Trainer<'a> {
         if !self.cfg.split.has_validation() {
             return Ok(None);
         }
-        let loader = Loader::new(self.data.paths.clone(), self.data.labels.clone(), self.data.val.clone(), Mode::Eval(self.cfg.preprocess.clone()), self.loader_config(false));
+        // Each rank scores its share; the summed counts are those of the whole validation side.
+        let share = sampler::distributed(&self.data.val, self.comm.rank(), self.comm.world(), false);
+        let images = share.len();
+        let loader = Loader::new(self.data.paths.clone(), self.data.labels.clone(), share, Mode::Eval(self.cfg.preprocess.clone()), self.loader_config(false));
         let acc = guarded(
             || format!("validation after epoch {}", self.epoch + 1),
-            || evaluate(&self.net, loader, self.cfg.classes.len(), self.device, self.amp, self.s.channels_last, self.data.val.len(), &*self.out.log),
+            || evaluate(&self.net, loader, self.cfg.classes.len(), self.device, self.amp, self.s.channels_last, images, &*self.out.log),
         )?;
+        let acc = self.comm.sum_metrics(acc)?;
         let m = acc.finish();
         Ok(Some((acc, m)))
     }
@@ -608,7 +642,7 @@ impl<'a> Trainer<'a> {
     /// and one atomic commit of every file (see [`files`] for why a kill -9 cannot leave a mix
     /// of epochs). Returns the history row and whether this epoch is the new best.
     pub fn commit(&mut self, train: &EpochTrain, val: Option<&Validation>, started: Instant) -> Result<(HistoryRow, bool)> {
-        let (s, cfg, epoch) = (self.s, self.cfg, self.epoch);
+        let (s, epoch) = (self.s, self.epoch);
         // Without validation the last epoch is the best one, and `best` stays None: there is
         // no metric value to record or compare.
         let mut improved = true;
@@ -644,11 +678,22 @@ impl<'a> Trainer<'a> {
             Some(m) => info(epoch + 1, m),
             None => train_info(epoch + 1, train.loss, train.acc),
         };
+        // Rank 0 alone writes the run directory; every rank keeps the same state.
+        if self.comm.leads() {
+            self.write_commit(&ck, improved, val)?;
+        }
+        self.epoch += 1;
+        Ok((row, improved))
+    }
+
+    /// The files of [`commit`](Self::commit), written in one atomic commit.
+    fn write_commit(&self, ck: &CheckpointInfo, improved: bool, val: Option<&Validation>) -> Result<()> {
+        let (cfg, epoch) = (self.cfg, self.epoch);
         let mut commit = Commit::new(&self.dir);
         if improved {
             model::save_safetensors(&self.vs, &commit.path("best.safetensors"))?;
             commit.add("best.safetensors");
-            commit.bytes("best.json", serde_json::to_string_pretty(&ck)?.as_bytes())?;
+            commit.bytes("best.json", serde_json::to_string_pretty(ck)?.as_bytes())?;
             if let Some((acc, _)) = val {
                 commit.bytes(BEST_CONFUSION, &files::confusion_csv(&cfg.classes, acc.confusion())?)?;
                 commit.bytes(BEST_PER_CLASS, &files::per_class_csv(&cfg.classes, &self.data.train_sizes, acc.confusion())?)?;
@@ -657,7 +702,7 @@ impl<'a> Trainer<'a> {
         model::save_safetensors(&self.vs, &commit.path("last.safetensors"))?;
         commit.add("last.safetensors");
         commit.tensors(LAST_STATE_TENSORS, &self.opt.state_tensors())?;
-        commit.bytes("last.json", serde_json::to_string_pretty(&ck)?.as_bytes())?;
+        commit.bytes("last.json", serde_json::to_string_pretty(ck)?.as_bytes())?;
         commit.bytes(HISTORY, &files::history_csv(&self.history)?)?;
         let state = ResumeState {
             sorbier_version: sorbier::VERSION.to_string(),
@@ -672,8 +717,7 @@ impl<'a> Trainer<'a> {
         };
         commit.bytes(LAST_STATE_JSON, serde_json::to_string_pretty(&state)?.as_bytes())?;
         commit.finish()?;
-        self.epoch += 1;
-        Ok((row, improved))
+        Ok(())
     }
 
     /// The epoch's summary line, and the report pictures when asked for.
