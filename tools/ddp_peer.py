@@ -25,7 +25,7 @@ def allreduce(_args):
     dist.init_process_group("gloo", timeout=timedelta(seconds=30))
     rank = dist.get_rank()
     t = torch.arange(5, dtype=torch.float32) * (rank + 1)
-    dist.allreduce(t)
+    dist.all_reduce(t)
     b = torch.full((3,), float(rank), dtype=torch.float64)
     dist.broadcast(b, src=0)
     print(json.dumps({"rank": rank, "world": dist.get_world_size(), "allreduce": t.tolist(), "broadcast": b.tolist()}))

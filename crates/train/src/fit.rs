@@ -625,7 +625,9 @@ impl<'a> Trainer<'a> {
         if !self.cfg.split.has_validation() {
             return Ok(None);
         }
-        // Each rank scores its share; the summed counts are those of the whole validation side.
+        // Each rank scores its share with rank 0's BatchNorm statistics; the summed counts are
+        // those of the whole validation side.
+        self.comm.broadcast(&self.buffers)?;
         let share = sampler::distributed(&self.data.val, self.comm.rank(), self.comm.world(), false);
         let images = share.len();
         let loader = Loader::new(self.data.paths.clone(), self.data.labels.clone(), share, Mode::Eval(self.cfg.preprocess.clone()), self.loader_config(false));

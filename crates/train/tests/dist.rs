@@ -116,6 +116,9 @@ fn rank_steps() {
         comm.average(&g).unwrap();
         opt.step(&g, 1e-3).unwrap();
     }
+    // The last forward pass updated each rank's BatchNorm statistics from its own batch; the
+    // next step (or validation) starts from rank 0's, as in DDP.
+    comm.broadcast(&buffers).unwrap();
     let all = sorbier_train::dist::variables(&vs, |_| true);
     let mut names: Vec<String> = vs.variables().into_keys().collect();
     names.sort();
