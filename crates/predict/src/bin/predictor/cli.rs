@@ -1,8 +1,8 @@
 //! The predictor's command line: argument structs (their doc comments are the `--help` text)
 //! and what each command prints. Everything else is in the library.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 use sorbier::metrics::{most_confused, per_class_accuracy, Metrics};
 use sorbier_predict::ensemble::Average;
 use sorbier_predict::runtime::Device;
@@ -101,90 +101,34 @@ pub struct PredictArgs {
     #[arg(long)]
     pub skip_unreadable: bool,
     /// Predict only part K of N of the ordered rows (contiguous; needs --save-logits; join the parts with `predictor merge`).
-    /// `auto`: K/N from RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS (srun), and
-    /// `.shard-K-of-N` goes before the extension of --out and --save-logits
-    /// (`sub.csv` → `sub.shard-2-of-4.csv`), so ranks started with one command line never
-    /// write the same file.
     #[arg(long)]
-    pub shard: Option<ShardArg>,
-}
-
-/// `--shard K/N`, or `auto` (from the launcher's environment).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShardArg {
-    Fixed(Shard),
-    Auto,
-}
-
-impl std::str::FromStr for ShardArg {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<ShardArg, String> {
-        if s.trim().eq_ignore_ascii_case("auto") {
-            Ok(ShardArg::Auto)
-        } else {
-            s.parse().map(ShardArg::Fixed).map_err(|e| format!("{e}, or auto"))
-        }
-    }
-}
-
-/// The part of `--shard auto`: RANK/WORLD_SIZE, else SLURM_PROCID/SLURM_NTASKS (0-based rank
-/// r of n is part r+1 of n).
-fn shard_from_env(get: impl Fn(&str) -> Option<String>) -> Result<Shard> {
-    let pair = [("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")].into_iter().find_map(|(r, n)| Some((r, get(r)?, n, get(n)?)));
-    let Some((rname, rank, nname, count)) = pair else {
-        bail!("--shard auto: neither RANK/WORLD_SIZE (torchrun) nor SLURM_PROCID/SLURM_NTASKS (srun) is set; give --shard K/N");
-    };
-    let num = |name: &str, v: &str| v.trim().parse::<usize>().with_context(|| format!("--shard auto: {name}={v:?} is not a number"));
-    let (rank, count) = (num(rname, &rank)?, num(nname, &count)?);
-    format!("{}/{count}", rank + 1).parse().map_err(|e: String| anyhow!("--shard auto: {rname}={rank}, {nname}={count}: {e}"))
-}
-
-/// `dir/name.ext` → `dir/name.shard-K-of-N.ext` (`name.shard-K-of-N` without an extension).
-fn tag_with_shard(path: &Path, shard: Shard) -> PathBuf {
-    let tag = format!("shard-{}-of-{}", shard.index, shard.count);
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let name = match path.extension() {
-        Some(ext) => format!("{stem}.{tag}.{}", ext.to_string_lossy()),
-        None => format!("{stem}.{tag}"),
-    };
-    path.with_file_name(name)
+    pub shard: Option<Shard>,
 }
 
 impl PredictArgs {
-    /// The library's options; `--shard auto` resolved from the environment and put into the
-    /// output names.
-    pub fn options(&self) -> Result<submit::PredictOptions> {
-        let (shard, out, save_logits) = match self.shard {
-            None => (None, self.out.clone(), self.save_logits.clone()),
-            Some(ShardArg::Fixed(s)) => (Some(s), self.out.clone(), self.save_logits.clone()),
-            Some(ShardArg::Auto) => {
-                let s = shard_from_env(|k| std::env::var(k).ok())?;
-                (Some(s), tag_with_shard(&self.out, s), self.save_logits.as_deref().map(|p| tag_with_shard(p, s)))
-            }
-        };
-        Ok(submit::PredictOptions {
+    pub fn options(&self) -> submit::PredictOptions {
+        submit::PredictOptions {
             model: self.model.options(),
             images: self.images.clone(),
             sample_submission: self.sample_submission.clone(),
             no_sample_submission: self.no_sample_submission,
-            out,
+            out: self.out.clone(),
             top_k: self.top_k,
-            save_logits,
+            save_logits: self.save_logits.clone(),
             skip_unreadable: self.skip_unreadable,
-            shard,
-        })
+            shard: self.shard,
+        }
     }
 }
 
 pub fn predict(args: &PredictArgs) -> Result<()> {
-    let opts = args.options()?;
-    let p = submit::predict(&opts, &log)?;
+    let p = submit::predict(&args.options(), &log)?;
     let skipped = if p.skipped == 0 {
         String::new()
     } else {
         format!("; {} row(s) with an empty class, listed in {}", p.skipped, p.skipped_file.display())
     };
-    println!("wrote {} ({} rows, {} classes) at {:.1} images/s{skipped}", opts.out.display(), p.rows, p.classes, p.images_per_s);
+    println!("wrote {} ({} rows, {} classes) at {:.1} images/s{skipped}", args.out.display(), p.rows, p.classes, p.images_per_s);
     Ok(())
 }
 
@@ -275,27 +219,4 @@ pub struct InfoArgs {
 pub fn info(args: &InfoArgs) -> Result<()> {
     print!("{}", info::describe_file(&args.model)?);
     Ok(())
-}
-
-#[cfg(test)]
-mod shard_tests {
-    use super::*;
-
-    #[test]
-    fn shard_auto_reads_the_launchers_rank_and_tags_the_outputs() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
-        assert_eq!(shard_from_env(env(&[("RANK", "1"), ("WORLD_SIZE", "4")])).unwrap(), Shard { index: 2, count: 4 });
-        assert_eq!(shard_from_env(env(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "3")])).unwrap(), Shard { index: 1, count: 3 });
-        // torchrun's variables win over Slurm's (torchrun inside an allocation).
-        assert_eq!(shard_from_env(env(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("SLURM_PROCID", "5"), ("SLURM_NTASKS", "8")])).unwrap(), Shard { index: 1, count: 2 });
-        assert!(shard_from_env(env(&[])).unwrap_err().to_string().contains("RANK/WORLD_SIZE"));
-        assert!(shard_from_env(env(&[("RANK", "4"), ("WORLD_SIZE", "4")])).is_err());
-        assert!(shard_from_env(env(&[("RANK", "x"), ("WORLD_SIZE", "4")])).is_err());
-        let s = Shard { index: 2, count: 4 };
-        assert_eq!(tag_with_shard(Path::new("out/sub.csv"), s), Path::new("out/sub.shard-2-of-4.csv"));
-        assert_eq!(tag_with_shard(Path::new("logits"), s), Path::new("logits.shard-2-of-4"));
-        assert_eq!("auto".parse::<ShardArg>().unwrap(), ShardArg::Auto);
-        assert_eq!("1/2".parse::<ShardArg>().unwrap(), ShardArg::Fixed(Shard { index: 1, count: 2 }));
-        assert!("0/2".parse::<ShardArg>().is_err());
-    }
 }
