@@ -212,6 +212,29 @@ impl MetricsAccumulator {
         &self.cm
     }
 
+    pub fn num_classes(&self) -> usize {
+        self.c
+    }
+
+    /// Every count and the loss sum as one flat vector — `[n, top1, top5, loss_sum, cm…]` —
+    /// so that accumulators of disjoint shares of a set add up element-wise (a distributed
+    /// validation's allreduce) to the accumulator of the whole set.
+    pub fn sums(&self) -> Vec<f64> {
+        let head = [self.n as f64, self.top1 as f64, self.top5 as f64, self.loss_sum];
+        head.into_iter().chain(self.cm.iter().flatten().map(|&x| x as f64)).collect()
+    }
+
+    /// The accumulator whose [`sums`](Self::sums) are `sums`.
+    pub fn from_sums(num_classes: usize, sums: &[f64]) -> Result<Self> {
+        let c = num_classes;
+        if sums.len() != 4 + c * c {
+            bail!("{} sums do not describe the counts of {c} classes", sums.len());
+        }
+        let count = |x: f64| x.round() as usize;
+        let cm = sums[4..].chunks_exact(c.max(1)).take(c).map(|row| row.iter().map(|&x| count(x)).collect()).collect();
+        Ok(MetricsAccumulator { c, n: count(sums[0]), top1: count(sums[1]), top5: count(sums[2]), loss_sum: sums[3], cm })
+    }
+
     pub fn finish(&self) -> Metrics {
         let n = self.n;
         let frac = |k: usize| if n == 0 { 0.0 } else { k as f64 / n as f64 };
@@ -235,6 +258,23 @@ pub fn compute(logits: &[f32], c: usize, labels: &[usize]) -> Result<Metrics> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_of_shares_give_the_whole_sets_accumulator() {
+        let labels = [0usize, 1, 2, 2];
+        let mut whole = MetricsAccumulator::new(3);
+        whole.push(&LOGITS, &labels).unwrap();
+        let (mut a, mut b) = (MetricsAccumulator::new(3), MetricsAccumulator::new(3));
+        a.push(&LOGITS[..6], &labels[..2]).unwrap();
+        b.push(&LOGITS[6..], &labels[2..]).unwrap();
+        let sum: Vec<f64> = a.sums().iter().zip(b.sums()).map(|(x, y)| x + y).collect();
+        let merged = MetricsAccumulator::from_sums(3, &sum).unwrap();
+        assert_eq!(merged.confusion(), whole.confusion());
+        let (m, w) = (merged.finish(), whole.finish());
+        assert_eq!((m.n, m.top1, m.top5, m.macro_acc), (w.n, w.top1, w.top5, w.macro_acc));
+        assert!((m.loss.unwrap() - w.loss.unwrap()).abs() < 1e-12);
+        assert!(MetricsAccumulator::from_sums(3, &sum[1..]).is_err());
+    }
 
     // 4 rows, 3 classes.
     const LOGITS: [f32; 12] = [

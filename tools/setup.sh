@@ -40,6 +40,26 @@ ln -sfn "$SITE" "$VENV/site"
 ORT_LIB=$(ls "$VENV"/site/onnxruntime/capi/libonnxruntime.so.* | head -n1)
 ln -sfn "$ORT_LIB" "$VENV/site/onnxruntime/capi/libonnxruntime.so"
 
+# Gloo's headers for the trainer's distributed shim (crates/train/csrc/dist.cpp). The torch
+# wheel links Gloo into libtorch_cpu.so but ships none of its headers, and no PyPI package
+# does; Debian's libgloo-dev has them (a 2022 snapshot whose ProcessGroupGloo layout matches
+# torch 2.11's, which the 2-rank tests check). Extracted repo-locally; only parsed, never linked.
+GLOO_DIR="$VENV/gloo"
+if [ ! -f "$GLOO_DIR/usr/include/gloo/config.h" ]; then
+  if command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then
+    echo "[setup] fetching Gloo headers (Debian libgloo-dev) into $GLOO_DIR"
+    GLOO_TMP=$(mktemp -d)
+    if ( cd "$GLOO_TMP" && { apt-get download libgloo-dev >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get download libgloo-dev >/dev/null 2>&1; }; } ); then
+      mkdir -p "$GLOO_DIR" && dpkg-deb -x "$GLOO_TMP"/libgloo-dev_*.deb "$GLOO_DIR"
+    else
+      echo "[setup] warning: could not download libgloo-dev: distributed training (trainer on several ranks) will be unavailable"
+    fi
+    rm -rf "$GLOO_TMP"
+  else
+    echo "[setup] warning: no apt-get/dpkg-deb: without Gloo's headers distributed training will be unavailable"
+  fi
+fi
+
 mkdir -p .cargo
 cat > .cargo/config.toml <<CFG
 # Written by tools/setup.sh: the Rust build finds libtorch and libonnxruntime in the repo-local venv.

@@ -4,7 +4,12 @@
 //!    `tch::Cuda::is_available()` is false even on a GPU machine);
 //! 2. compiles `csrc/` against the same libtorch headers: ATen's fused optimiser and foreach
 //!    kernels, the channels-last memory format, and autocast on any device in fp16 or bf16 —
-//!    none of which tch wraps.
+//!    none of which tch wraps;
+//! 3. compiles `csrc/dist.cpp`, the data-parallel shim over c10d (TCPStore, ProcessGroupGloo,
+//!    ProcessGroupNCCL), with Gloo when Gloo's headers are there (tools/setup.sh extracts
+//!    Debian's libgloo-dev into `.venv/gloo`; `SORBIER_GLOO_INCLUDE` overrides) and with NCCL
+//!    only where NCCL's and CUDA's headers are installed too. Without Gloo's headers the
+//!    trainer still builds and says at run time that distributed training is unavailable.
 use std::env;
 use std::path::{Path, PathBuf};
 
@@ -12,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Set by torch-sys (`links = "tch"`) for its direct dependents.
     let lib = env::var("DEP_TCH_LIBTORCH_LIB").map_err(|_| "torch-sys did not report its libtorch directory (DEP_TCH_LIBTORCH_LIB)")?;
     compile_aten_shims(Path::new(&lib));
+    compile_dist_shim(Path::new(&lib));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     // Per-target link args are refused for target kinds the package lacks.
     let mut targets = vec!["bin=trainer".to_string()];
@@ -56,4 +62,42 @@ fn compile_aten_shims(lib: &Path) {
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(true)
         .compile("sorbier_aten");
+}
+
+/// `csrc/dist.cpp` with `-DUSE_C10D_GLOO` (without it `ProcessGroupGloo.hpp` is empty) when
+/// Gloo's headers exist, and `-DUSE_C10D_NCCL -DUSE_CUDA` when the CUDA wheels' NCCL and CUDA
+/// headers (with `crt/host_config.h` from `cuda-toolkit[crt]`) exist beside torch. The Gloo
+/// headers are only parsed: libtorch_cpu already contains Gloo's code.
+fn compile_dist_shim(lib: &Path) {
+    println!("cargo:rerun-if-env-changed=SORBIER_GLOO_INCLUDE");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let gloo = env::var_os("SORBIER_GLOO_INCLUDE").map(PathBuf::from).unwrap_or_else(|| workspace.join(".venv/gloo/usr/include"));
+    println!("cargo:rerun-if-changed={}", gloo.join("gloo/config.h").display());
+    let root = env::var_os("LIBTORCH_INCLUDE").map(PathBuf::from).unwrap_or_else(|| lib.join(".."));
+    let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .file("csrc/dist.cpp")
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(true);
+    if gloo.join("gloo/config.h").exists() {
+        build.include(&gloo).define("USE_C10D_GLOO", None);
+        let nvidia = root.join("../nvidia");
+        let nccl = nvidia.join("nccl/include");
+        let cuda = nvidia.join("cu13/include");
+        if nccl.join("nccl.h").exists() && cuda.join("cuda_runtime_api.h").exists() && cuda.join("crt/host_config.h").exists() {
+            build.include(nccl).include(cuda).define("USE_C10D_NCCL", None).define("USE_CUDA", None);
+        }
+    } else {
+        println!(
+            "cargo:warning=Gloo's headers are not in {}: the trainer is built without distributed training (run tools/setup.sh, which fetches Debian's libgloo-dev)",
+            gloo.display()
+        );
+    }
+    build.compile("sorbier_dist");
 }

@@ -30,6 +30,17 @@ pub fn weighted_indices<R: Rng>(labels: &[usize], num_samples: usize, rng: &mut 
         .collect()
 }
 
+/// This rank's share of an epoch's `order`, as `torch.utils.data.DistributedSampler` deals it:
+/// with `pad`, the order is first extended by wrap-around to a multiple of `world`, so every
+/// rank gets the same count (what training needs: every rank takes the same number of steps);
+/// without, the last ranks may get one element fewer (what evaluation needs: nothing counted
+/// twice). Then element `rank`, `rank + world`, … .
+pub fn distributed<T: Clone>(order: &[T], rank: usize, world: usize, pad: bool) -> Vec<T> {
+    let world = world.max(1);
+    let total = if pad && !order.is_empty() { order.len().div_ceil(world) * world } else { order.len() };
+    order.iter().cycle().take(total).skip(rank).step_by(world).cloned().collect()
+}
+
 /// Samples per epoch for a multiplier of the training set size (at least one if any).
 pub fn num_samples(train_size: usize, multiplier: f64) -> usize {
     if train_size == 0 {
@@ -46,6 +57,21 @@ mod tests {
 
     fn labels(counts: &[usize]) -> Vec<usize> {
         counts.iter().enumerate().flat_map(|(c, &n)| std::iter::repeat_n(c, n)).collect()
+    }
+
+    #[test]
+    fn distributed_shares_like_torch_distributed_sampler() {
+        // torch: DistributedSampler(range(10), num_replicas=4, shuffle=False) gives
+        // [0, 4, 8], [1, 5, 9], [2, 6, 0], [3, 7, 1].
+        let order: Vec<usize> = (0..10).collect();
+        let shares: Vec<Vec<usize>> = (0..4).map(|r| distributed(&order, r, 4, true)).collect();
+        assert_eq!(shares, vec![vec![0, 4, 8], vec![1, 5, 9], vec![2, 6, 0], vec![3, 7, 1]]);
+        let eval: Vec<Vec<usize>> = (0..4).map(|r| distributed(&order, r, 4, false)).collect();
+        assert_eq!(eval, vec![vec![0, 4, 8], vec![1, 5, 9], vec![2, 6], vec![3, 7]]);
+        assert_eq!(distributed(&order, 0, 1, true), order, "one rank keeps the order");
+        // Fewer elements than ranks still gives every rank one.
+        assert_eq!(distributed(&[7], 2, 3, true), vec![7]);
+        assert!(distributed::<usize>(&[], 0, 2, true).is_empty());
     }
 
     #[test]

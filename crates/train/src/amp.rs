@@ -30,9 +30,11 @@ impl Default for LossScaler {
 
 impl LossScaler {
     /// The unscaled gradients of `loss`, or `None` when one of them is not finite: then the
-    /// step must be skipped (the scale has already been halved).
-    pub fn gradients(&mut self, opt: &Optimizer, loss: &Tensor) -> Result<Option<Vec<Tensor>>> {
+    /// step must be skipped (the scale has already been halved). `reduce` sees the scaled
+    /// gradients first (data-parallel averaging), so every rank finds the same overflow.
+    pub fn gradients(&mut self, opt: &Optimizer, loss: &Tensor, reduce: impl FnOnce(&[Tensor]) -> Result<()>) -> Result<Option<Vec<Tensor>>> {
         let grads = opt.gradients(&(loss * self.scale))?;
+        reduce(&grads)?;
         let defined: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
         let found_inf = tch::no_grad(|| multi_tensor::amp_unscale(&defined, self.scale))?.double_value(&[]) != 0.0;
         self.update(found_inf);
@@ -68,14 +70,14 @@ mod tests {
         let mut scaler = LossScaler { growth_interval: 2, ..Default::default() };
         // loss = 3·w0 + 5·w1: finite at any scale.
         let loss = || (&w * Tensor::from_slice(&[3f32, 5.0])).sum(Kind::Float);
-        let g = scaler.gradients(&opt, &loss()).unwrap().expect("finite");
+        let g = scaler.gradients(&opt, &loss(), |_| Ok(())).unwrap().expect("finite");
         assert_eq!(Vec::<f32>::try_from(&g[0]).unwrap(), [3.0, 5.0], "unscaled");
         assert_eq!((scaler.scale, scaler.growth_tracker), (INIT_SCALE, 1));
-        scaler.gradients(&opt, &loss()).unwrap().expect("finite");
+        scaler.gradients(&opt, &loss(), |_| Ok(())).unwrap().expect("finite");
         assert_eq!((scaler.scale, scaler.growth_tracker), (2.0 * INIT_SCALE, 0), "grew after 2 finite steps");
         // 1e35·w overflows float32 once scaled by 2^17: the step is skipped, the scale halves.
         let huge = (&w * 1e35).sum(Kind::Float);
-        assert!(scaler.gradients(&opt, &huge).unwrap().is_none());
+        assert!(scaler.gradients(&opt, &huge, |_| Ok(())).unwrap().is_none());
         assert_eq!((scaler.scale, scaler.growth_tracker), (INIT_SCALE, 0));
     }
 }

@@ -32,6 +32,7 @@ use super::files::{
 };
 use super::interrupt::{Interrupted, Interrupter};
 use super::amp::LossScaler;
+use super::dist::{self, Collective};
 use super::guard::guarded;
 use super::loss;
 use super::optim::{self, Optimizer};
@@ -230,34 +231,44 @@ pub struct Trainer<'a> {
     history: Vec<HistoryRow>,
     /// Where the next epoch starts: step 0, or where a stopped run left it.
     progress: EpochProgress,
+    /// The other ranks of a data-parallel run (or none), and the BatchNorm buffers rank 0
+    /// broadcasts before each forward pass.
+    comm: &'a Collective,
+    buffers: Vec<Tensor>,
 }
 
 /// Trains the run in `dir` (whose `config.json` is `cfg`): a new run from epoch 1, or with
 /// `resume` from the epoch after the last completed one.
-pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, resume: bool, out: Output) -> Result<()> {
-    let mut trainer = Trainer::set_up(dir, cfg, s, rt, resume, out)?;
+pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, resume: bool, out: Output, comm: &Collective) -> Result<()> {
+    let mut trainer = Trainer::set_up(dir, cfg, s, rt, resume, out, comm)?;
     if resume && !trainer.restore()? {
         return Ok(());
     }
-    trainer.fit()
+    // Every rank starts from rank 0's weights and buffers, as DDP's constructor does.
+    comm.broadcast(&dist::variables(&trainer.vs, |_| true))?;
+    trainer.fit()?;
+    // No rank reports success before rank 0 has committed the last epoch.
+    comm.barrier()
 }
 
 impl<'a> Trainer<'a> {
     /// Device and precision, crash recovery of the run directory, the dataset and its split,
     /// the model (seeded, then pretrained weights for a new run), the optimiser and schedule:
     /// the steps below, in that order.
-    pub fn set_up(dir: &Path, cfg: &'a RunConfig, s: &'a TrainSettings, rt: &'a Runtime, resume: bool, out: Output) -> Result<Trainer<'a>> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_up(dir: &Path, cfg: &'a RunConfig, s: &'a TrainSettings, rt: &'a Runtime, resume: bool, out: Output, comm: &'a Collective) -> Result<Trainer<'a>> {
         let log = out.log.clone();
         if let Some(t) = rt.threads {
             tch::set_num_threads(t as i32);
         }
         super::check_split(&cfg.split, s)?;
         let (device, amp) = Self::choose_device(cfg.arch.family(), s, rt, &*log)?;
-        if resume {
+        if resume && comm.leads() {
             if let Some(note) = files::recover(dir)? {
                 log.warn(&format!("{}: {note}", dir.display()));
             }
         }
+        comm.barrier()?;
         // Killed before the first epoch completed: nothing to continue, start from the beginning.
         let resume = resume && {
             let has_state = dir.join(LAST_STATE_JSON).exists() || dir.join(STOPPED_JSON).exists();
@@ -275,16 +286,19 @@ impl<'a> Trainer<'a> {
             Sampling::Weighted => sampler::num_samples(data.train.len(), s.samples_multiplier),
             Sampling::Shuffle => data.train.len(),
         };
-        let mut steps_per_epoch = if s.drop_last { epoch_samples / s.batch_size } else { epoch_samples.div_ceil(s.batch_size) };
+        // Each rank's share of the epoch, as DistributedSampler deals it (padded to equal counts).
+        let rank_samples = epoch_samples.div_ceil(comm.world());
+        let mut steps_per_epoch = if s.drop_last { rank_samples / s.batch_size } else { rank_samples.div_ceil(s.batch_size) };
         if let Some(m) = s.max_steps_per_epoch {
             steps_per_epoch = steps_per_epoch.min(m);
         }
         if steps_per_epoch == 0 {
-            bail!("an epoch of {epoch_samples} training images does not fill one batch of {}", s.batch_size);
+            bail!("an epoch of {rank_samples} training images per rank does not fill one batch of {}", s.batch_size);
         }
         let schedule = LrSchedule::new(s.schedule.clone(), s.epochs, steps_per_epoch, s.best_metric.maximize());
         let class_weight = loss::class_weights(s.class_weights, &data.train_sizes, s.effective_beta)
             .map(|w| Tensor::from_slice(&w.iter().map(|&x| x as f32).collect::<Vec<f32>>()).to_device(device));
+        let buffers = comm.replicated_buffers(&vs);
         Ok(Trainer {
             dir: dir.to_path_buf(),
             cfg,
@@ -307,6 +321,8 @@ impl<'a> Trainer<'a> {
             best: None,
             history: Vec::new(),
             progress: EpochProgress::default(),
+            buffers,
+            comm,
         })
     }
 
@@ -464,7 +480,9 @@ impl<'a> Trainer<'a> {
             bail!("{}: history.csv has {} rows for {} completed epochs", dir.display(), history.len(), st.epoch);
         }
         self.history = history;
-        self.cfg.save(&dir)?;
+        if self.comm.leads() {
+            self.cfg.save(&dir)?;
+        }
         let log = &self.out.log;
         if self.epoch >= self.s.epochs {
             log.info(&format!("{} already completed {} of {} epochs; raise --epochs to train longer", dir.display(), self.epoch, self.s.epochs));
@@ -479,8 +497,11 @@ impl<'a> Trainer<'a> {
     }
 
     /// The signal that asked the run to stop, if one did.
-    fn stop_requested(&self) -> Option<i32> {
-        self.out.interrupter.and_then(|i| i.requested())
+    /// Every rank of a data-parallel run agrees (one tiny allreduce), so all stop after the
+    /// same step; a rank that got no signal itself reports SIGTERM, what its launcher sends.
+    fn stop_requested(&self) -> Result<Option<i32>> {
+        let local = self.out.interrupter.and_then(|i| i.requested());
+        Ok(self.comm.any(local.is_some())?.then(|| local.unwrap_or(libc::SIGTERM)))
     }
 
     /// What `--resume` needs besides the tensors, with `completed` epochs done.
@@ -500,16 +521,23 @@ impl<'a> Trainer<'a> {
 
     /// Commits the state of a run stopped mid-epoch (weights, optimiser, schedule, the epoch's
     /// progress) beside the last completed epoch, which it leaves as it is.
-    fn commit_stop(&self, progress: EpochProgress, signal: i32) -> Result<Interrupted> {
+    fn commit_stop(&self, mut progress: EpochProgress, signal: i32) -> Result<Interrupted> {
+        // The record holds the epoch's totals over every rank (a resumed rank 0 carries them on).
+        let mut totals = [progress.loss_sum, progress.correct as f64, progress.seen as f64, progress.failed as f64];
+        self.comm.sum_f64(&mut totals)?;
+        (progress.loss_sum, progress.correct, progress.seen, progress.failed) = (totals[0], totals[1] as i64, totals[2] as usize, totals[3] as usize);
+        let interrupted = Interrupted { signal, epoch: self.epoch, step: progress.step, run_dir: self.dir.clone() };
+        if !self.comm.leads() {
+            return Ok(interrupted);
+        }
         let mut commit = Commit::new(&self.dir);
         model::save_safetensors(&self.vs, &commit.path(STOPPED_WEIGHTS))?;
         commit.add(STOPPED_WEIGHTS);
         commit.tensors(STOPPED_TENSORS, &self.opt.state_tensors())?;
-        let step = progress.step;
         let record = StoppedState { state: self.resume_state(self.epoch), progress };
         commit.bytes(STOPPED_JSON, serde_json::to_string_pretty(&record)?.as_bytes())?;
         commit.finish()?;
-        Ok(Interrupted { signal, epoch: self.epoch, step, run_dir: self.dir.clone() })
+        Ok(interrupted)
     }
 
     /// Every remaining epoch: train, validate, commit, report.
@@ -520,7 +548,7 @@ impl<'a> Trainer<'a> {
             let val = self.validate()?;
             let (row, improved) = self.commit(&train, val.as_ref(), started)?;
             self.print_epoch(&row, improved, val.is_some(), failed);
-            if let Some(signal) = self.stop_requested().filter(|_| self.epoch < self.s.epochs) {
+            if let Some(signal) = self.stop_requested()?.filter(|_| self.epoch < self.s.epochs) {
                 return Err(Interrupted { signal, epoch: self.epoch, step: 0, run_dir: self.dir.clone() }.into());
             }
         }
@@ -542,10 +570,10 @@ impl<'a> Trainer<'a> {
     }
 
     /// This epoch's training order: weighted oversampling or a shuffle, seeded from
-    /// `(seed, epoch)`, cut to whole steps.
+    /// `(seed, epoch)`, this rank's share of it, cut to whole steps.
     fn epoch_order(&self, epoch_seed: u64) -> Vec<usize> {
         let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
-        let mut order: Vec<usize> = match self.s.sampling {
+        let order: Vec<usize> = match self.s.sampling {
             Sampling::Weighted => sampler::weighted_indices(&self.data.train_labels, self.epoch_samples, &mut rng).into_iter().map(|p| self.data.train[p]).collect(),
             Sampling::Shuffle => {
                 let mut o = self.data.train.clone();
@@ -553,6 +581,7 @@ impl<'a> Trainer<'a> {
                 o
             }
         };
+        let mut order = sampler::distributed(&order, self.comm.rank(), self.comm.world(), true);
         order.truncate(self.steps_per_epoch * self.s.batch_size);
         order
     }
@@ -563,10 +592,14 @@ impl<'a> Trainer<'a> {
     pub fn train_epoch(&mut self) -> Result<(EpochTrain, usize)> {
         let (epoch, s) = (self.epoch, self.s);
         let mut progress = std::mem::take(&mut self.progress);
+        if !self.comm.leads() {
+            // A stop record holds every rank's totals: rank 0 carries them on, the others add theirs.
+            progress = EpochProgress { step: progress.step, seconds: progress.seconds, lr_first: progress.lr_first, ..EpochProgress::default() };
+        }
         let epoch_seed = mix(self.cfg.seed, epoch as u64);
         let order = self.epoch_order(epoch_seed);
         let epoch_images = order.len();
-        let mode = Mode::Train { preprocess: self.cfg.preprocess.clone(), augment: self.cfg.augment.clone(), seed: epoch_seed };
+        let mode = Mode::Train { preprocess: self.cfg.preprocess.clone(), augment: self.cfg.augment.clone(), seed: self.comm.rank_seed(epoch_seed) };
         let loader = Loader::starting_at(self.data.paths.clone(), self.data.labels.clone(), order, mode, self.loader_config(s.drop_last), progress.step);
         let bar = self.progress_bar(progress.step);
         if progress.step == 0 {
@@ -602,7 +635,7 @@ impl<'a> Trainer<'a> {
                 }
             }
             bar.inc(1);
-            if let Some(signal) = self.stop_requested().filter(|_| step + 1 < self.steps_per_epoch) {
+            if let Some(signal) = self.stop_requested()?.filter(|_| step + 1 < self.steps_per_epoch) {
                 bar.finish_and_clear();
                 progress.step = step + 1;
                 progress.loss_sum = loss_sum.double_value(&[]);
@@ -613,14 +646,18 @@ impl<'a> Trainer<'a> {
             }
         }
         bar.finish_and_clear();
-        if progress.seen == 0 {
+        // The epoch's numbers over every rank's images.
+        let mut totals = [loss_sum.double_value(&[]), correct.int64_value(&[]) as f64, progress.seen as f64];
+        self.comm.sum_f64(&mut totals)?;
+        let [loss_total, correct_total, seen] = totals;
+        if seen == 0.0 {
             bail!("epoch {} trained on no images", epoch + 1);
         }
         let train = EpochTrain {
             lr: progress.lr_first,
-            loss: loss_sum.double_value(&[]) / progress.seen as f64,
-            acc: correct.int64_value(&[]) as f64 / progress.seen as f64,
-            images: progress.seen,
+            loss: loss_total / seen,
+            acc: correct_total / seen,
+            images: seen as usize,
             seconds: started.elapsed().as_secs_f64(),
         };
         Ok((train, failures.count))
@@ -646,12 +683,19 @@ impl<'a> Trainer<'a> {
         let x = images_tensor(batch, device, s.channels_last)?;
         let y = Tensor::from_slice(&batch.labels).to_device(device);
         let lr = self.schedule.lr(self.epoch, step);
+        self.comm.broadcast(&self.buffers)?;
         let logits = forward(&self.net, &x, true, device, self.amp)?;
         let loss = loss::cross_entropy(&logits, &y, self.class_weight.as_ref(), s.label_smoothing);
-        // None: fp16 overflow, the step is skipped (and the loss scale has halved).
+        // Gradients averaged over the ranks (before unscaling, so every rank sees the same
+        // overflow). None: fp16 overflow, the step is skipped (and the loss scale has halved).
+        let average = |g: &[Tensor]| self.comm.average(g);
         let grads = match self.scaler.as_mut() {
-            Some(sc) => sc.gradients(&self.opt, &loss)?,
-            None => Some(self.opt.gradients(&loss)?),
+            Some(sc) => sc.gradients(&self.opt, &loss, average)?,
+            None => {
+                let g = self.opt.gradients(&loss)?;
+                average(&g)?;
+                Some(g)
+            }
         };
         if let Some(grads) = grads {
             if let Some(v) = s.clip_value {
@@ -672,11 +716,17 @@ impl<'a> Trainer<'a> {
         if !self.cfg.split.has_validation() {
             return Ok(None);
         }
-        let loader = Loader::new(self.data.paths.clone(), self.data.labels.clone(), self.data.val.clone(), Mode::Eval(self.cfg.preprocess.clone()), self.loader_config(false));
+        // Each rank scores its share with rank 0's BatchNorm statistics; the summed counts are
+        // those of the whole validation side.
+        self.comm.broadcast(&self.buffers)?;
+        let share = sampler::distributed(&self.data.val, self.comm.rank(), self.comm.world(), false);
+        let images = share.len();
+        let loader = Loader::new(self.data.paths.clone(), self.data.labels.clone(), share, Mode::Eval(self.cfg.preprocess.clone()), self.loader_config(false));
         let acc = guarded(
             || format!("validation after epoch {}", self.epoch + 1),
-            || evaluate(&self.net, loader, self.cfg.classes.len(), self.device, self.amp, self.s.channels_last, self.data.val.len(), &*self.out.log),
+            || evaluate(&self.net, loader, self.cfg.classes.len(), self.device, self.amp, self.s.channels_last, images, &*self.out.log),
         )?;
+        let acc = self.comm.sum_metrics(acc)?;
         let m = acc.finish();
         Ok(Some((acc, m)))
     }
@@ -685,7 +735,7 @@ impl<'a> Trainer<'a> {
     /// and one atomic commit of every file (see [`files`] for why a kill -9 cannot leave a mix
     /// of epochs). Returns the history row and whether this epoch is the new best.
     pub fn commit(&mut self, train: &EpochTrain, val: Option<&Validation>, started: Instant) -> Result<(HistoryRow, bool)> {
-        let (s, cfg, epoch) = (self.s, self.cfg, self.epoch);
+        let (s, epoch) = (self.s, self.epoch);
         // Without validation the last epoch is the best one, and `best` stays None: there is
         // no metric value to record or compare.
         let mut improved = true;
@@ -721,11 +771,22 @@ impl<'a> Trainer<'a> {
             Some(m) => info(epoch + 1, m),
             None => train_info(epoch + 1, train.loss, train.acc),
         };
+        // Rank 0 alone writes the run directory; every rank keeps the same state.
+        if self.comm.leads() {
+            self.write_commit(&ck, improved, val)?;
+        }
+        self.epoch += 1;
+        Ok((row, improved))
+    }
+
+    /// The files of [`commit`](Self::commit), written in one atomic commit.
+    fn write_commit(&self, ck: &CheckpointInfo, improved: bool, val: Option<&Validation>) -> Result<()> {
+        let (cfg, epoch) = (self.cfg, self.epoch);
         let mut commit = Commit::new(&self.dir);
         if improved {
             model::save_safetensors(&self.vs, &commit.path("best.safetensors"))?;
             commit.add("best.safetensors");
-            commit.bytes("best.json", serde_json::to_string_pretty(&ck)?.as_bytes())?;
+            commit.bytes("best.json", serde_json::to_string_pretty(ck)?.as_bytes())?;
             if let Some((acc, _)) = val {
                 commit.bytes(BEST_CONFUSION, &files::confusion_csv(&cfg.classes, acc.confusion())?)?;
                 commit.bytes(BEST_PER_CLASS, &files::per_class_csv(&cfg.classes, &self.data.train_sizes, acc.confusion())?)?;
@@ -734,15 +795,14 @@ impl<'a> Trainer<'a> {
         model::save_safetensors(&self.vs, &commit.path("last.safetensors"))?;
         commit.add("last.safetensors");
         commit.tensors(LAST_STATE_TENSORS, &self.opt.state_tensors())?;
-        commit.bytes("last.json", serde_json::to_string_pretty(&ck)?.as_bytes())?;
+        commit.bytes("last.json", serde_json::to_string_pretty(ck)?.as_bytes())?;
         commit.bytes(HISTORY, &files::history_csv(&self.history)?)?;
         let state = self.resume_state(epoch + 1);
         commit.bytes(LAST_STATE_JSON, serde_json::to_string_pretty(&state)?.as_bytes())?;
         commit.finish()?;
         // A stop record of this epoch is now superseded.
         StoppedState::remove(&self.dir)?;
-        self.epoch += 1;
-        Ok((row, improved))
+        Ok(())
     }
 
     /// The epoch's summary line, and the report pictures when asked for.

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::dist::Collective;
 use crate::model::autocast::AmpDtype;
 use sorbier::arch::Arch;
 use sorbier::data::split::SplitSpec;
@@ -22,6 +23,7 @@ use sorbier::run::RunConfig;
 use sorbier::transforms::{Augment, Preprocess};
 
 pub mod amp;
+pub mod dist;
 pub mod guard;
 mod fit;
 pub mod interrupt;
@@ -143,6 +145,14 @@ pub struct Runtime {
     pub workers: usize,
     pub threads: Option<usize>,
     pub device: String,
+    /// Processes training together (data-parallel ranks). Absent from runs recorded before
+    /// distributed training: 1.
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 impl TrainSettings {
@@ -206,16 +216,20 @@ impl Runtime {
             workers: workers.or(recorded.map(|r| r.workers)).unwrap_or_else(sorbier::data::pool::default_threads).max(1),
             threads: threads.or(recorded.and_then(|r| r.threads)),
             device: device.or(recorded.map(|r| r.device.clone())).unwrap_or_else(|| "auto".into()),
+            world_size: 1,
         }
     }
 }
 
-/// `trainer train`: creates the run directory and trains it.
-pub fn start(run: &NewRun, out: Output) -> Result<()> {
-    if !is_empty_dir(&run.out)? {
+/// `trainer train`: creates the run directory and trains it (with several ranks, rank 0
+/// creates it and the others wait for it).
+pub fn start(run: &NewRun, out: Output, comm: &Collective) -> Result<()> {
+    if comm.leads() && !is_empty_dir(&run.out)? {
         bail!("{} already exists and is not empty: use --resume {} or choose another --out", run.out.display(), run.out.display());
     }
-    check_split(&run.split, &run.settings)?;
+    let mut settings = run.settings.clone();
+    settings.runtime.world_size = comm.world();
+    check_split(&run.split, &settings)?;
     let root = sorbier::data::scan::resolve_train_dir(&run.data_dir);
     let ds = sorbier::data::Dataset::scan(&root)?;
     let cfg = RunConfig {
@@ -229,16 +243,19 @@ pub fn start(run: &NewRun, out: Output) -> Result<()> {
         split: run.split.clone(),
         data_root: root,
         data_fingerprint: ds.fingerprint()?,
-        train: serde_json::to_value(&run.settings)?,
+        train: serde_json::to_value(&settings)?,
     };
-    std::fs::create_dir_all(&run.out).with_context(|| format!("cannot create {}", run.out.display()))?;
-    cfg.save(&run.out)?;
-    train_run(&run.out, &cfg, &run.settings, &run.settings.runtime, false, out)
+    if comm.leads() {
+        std::fs::create_dir_all(&run.out).with_context(|| format!("cannot create {}", run.out.display()))?;
+        cfg.save(&run.out)?;
+    }
+    comm.barrier()?;
+    train_run(&run.out, &cfg, &settings, &settings.runtime, false, out, comm)
 }
 
 /// `trainer train --resume DIR`: continues the run in `dir` from its last completed epoch with
 /// the settings of its `config.json`.
-pub fn resume(dir: &Path, with: &ResumeOverrides, out: Output) -> Result<()> {
+pub fn resume(dir: &Path, with: &ResumeOverrides, out: Output, comm: &Collective) -> Result<()> {
     let log = out.log.clone();
     let mut cfg = RunConfig::load(dir).with_context(|| format!("--resume {}", dir.display()))?;
     let mut settings = TrainSettings::from_config(&cfg)?;
@@ -258,12 +275,24 @@ pub fn resume(dir: &Path, with: &ResumeOverrides, out: Output) -> Result<()> {
         }
         settings.epochs = wanted_epochs;
     }
-    let runtime = Runtime::choose(with.workers, with.threads, with.device.clone(), Some(&settings.runtime));
+    let mut runtime = Runtime::choose(with.workers, with.threads, with.device.clone(), Some(&settings.runtime));
+    runtime.world_size = comm.world();
+    if runtime.world_size != settings.runtime.world_size {
+        // Each epoch is committed whole, so the next one can be dealt to any number of ranks.
+        log.warn(&format!(
+            "resuming a run recorded with {} rank(s) on {}: a step now takes {} × {} images (it took {}), so the remaining epochs differ from an uninterrupted run; the learning rate is not rescaled",
+            settings.runtime.world_size,
+            runtime.world_size,
+            runtime.world_size,
+            settings.batch_size,
+            settings.runtime.world_size * settings.batch_size,
+        ));
+    }
     if let Some(d) = &with.data_dir {
         cfg.data_root = sorbier::data::scan::resolve_train_dir(d);
     }
     cfg.train = serde_json::to_value(&settings)?;
-    train_run(dir, &cfg, &settings, &runtime, true, out)
+    train_run(dir, &cfg, &settings, &runtime, true, out, comm)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use sorbier::cli::spelled;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use sorbier::arch::Arch;
@@ -14,18 +15,38 @@ use sorbier_train::loss::ClassWeights;
 use sorbier_train::model::autocast::AmpDtype;
 use sorbier_train::optim::{OptimConfig, OptimizerKind};
 use sorbier_train::schedule::{ScheduleConfig, ScheduleKind};
+use sorbier_train::dist::{Backend, Collective, Launch};
 use sorbier_train::{check_split, BestMetric, Log, NewRun, Output, ResumeOverrides, Runtime, Sampling, TrainMode, TrainSettings, DEFAULT_EPOCHS};
 
-/// Summaries on stdout, warnings on stderr.
-pub struct Terminal;
+/// Summaries on stdout, warnings on stderr. In a data-parallel run rank 0 alone prints the
+/// summaries, and every rank's warnings name it.
+pub struct Terminal {
+    pub rank: Option<usize>,
+}
 
 impl Log for Terminal {
     fn info(&self, msg: &str) {
-        println!("{msg}");
+        if self.rank.unwrap_or(0) == 0 {
+            println!("{msg}");
+        }
     }
     fn warn(&self, msg: &str) {
-        eprintln!("{msg}");
+        match self.rank {
+            Some(r) => eprintln!("[rank {r}] {msg}"),
+            None => eprintln!("{msg}"),
+        }
     }
+}
+
+/// The c10d backend of a data-parallel run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DistBackend {
+    /// NCCL when training on CUDA, else Gloo.
+    Auto,
+    /// Gloo (CPU tensors; loopback or TCP).
+    Gloo,
+    /// NCCL (CUDA tensors; needs a trainer built with NCCL's headers).
+    Nccl,
 }
 
 /// Fine-tune a ResNet or EfficientNet-Lite on an ImageFolder dataset and write a run directory.
@@ -214,6 +235,15 @@ pub struct TrainArgs {
     /// Do not redraw the report pictures (curves, confusion matrix) after each epoch.
     #[arg(long)]
     pub no_report: bool,
+    /// Data-parallel training (when RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are set, as
+    /// torchrun, Slurm scripts and Kubeflow's PyTorchJob set them): the c10d process group that
+    /// averages the gradients. auto: NCCL on CUDA, Gloo on CPU.
+    #[arg(long, value_enum, default_value_t = DistBackend::Auto)]
+    pub dist_backend: DistBackend,
+    /// Seconds a rank waits for the others (rendezvous, each collective) before it gives up
+    /// with an error naming the lost rank.
+    #[arg(long, default_value_t = 300.0)]
+    pub dist_timeout: f64,
 }
 
 
@@ -282,10 +312,49 @@ impl TrainArgs {
         })
     }
 
-    /// Where the loop reports, and the SIGINT/SIGTERM handlers that let it stop well.
-    fn output(&self) -> Result<Output> {
+    /// Where messages go; in a data-parallel run only rank 0 draws progress and pictures.
+    /// The SIGINT/SIGTERM handlers let the run stop well (every rank after the same step).
+    fn output(&self, comm: &Collective) -> Result<Output> {
+        let rank = (comm.world() > 1).then(|| comm.rank());
         let interrupter = Interrupter::install().context("cannot install the SIGINT/SIGTERM handlers")?;
-        Ok(Output { progress: !self.quiet, report: !self.no_report, log: Arc::new(Terminal), interrupter: Some(interrupter) })
+        Ok(Output {
+            progress: !self.quiet && comm.leads(),
+            report: !self.no_report && comm.leads(),
+            log: Arc::new(Terminal { rank }),
+            interrupter: Some(interrupter),
+        })
+    }
+
+    /// The process group of a data-parallel launch (or a single process without one), on the
+    /// device this rank trains on (`auto` is `cuda:LOCAL_RANK` where CUDA is).
+    fn join(&self, launch: Option<&Launch>) -> Result<(Collective, Option<String>)> {
+        let device = match launch {
+            Some(l) => Some(l.device(self.device.as_deref().unwrap_or("auto"))),
+            None => self.device.clone(),
+        };
+        if !(self.dist_timeout > 0.0 && self.dist_timeout.is_finite()) {
+            bail!("--dist-timeout must be a positive number of seconds");
+        }
+        let backend = match self.dist_backend {
+            DistBackend::Auto => Backend::Auto,
+            DistBackend::Gloo => Backend::Gloo,
+            DistBackend::Nccl => Backend::Nccl,
+        };
+        if launch.is_none() && self.dist_backend != DistBackend::Auto {
+            eprintln!("note: --dist-backend is ignored: RANK/WORLD_SIZE are not set, so this process trains alone");
+        }
+        let torch_device = sorbier_train::model::select_device(device.as_deref().unwrap_or("auto"))?;
+        let (_, nccl) = sorbier_train::dist::compiled_backends();
+        if launch.is_some() && torch_device.is_cuda() && backend == Backend::Auto && !nccl {
+            eprintln!("WARNING: this trainer was built without NCCL: the ranks average CUDA gradients over Gloo, much slower than NCCL (rebuild with the CUDA wheels' NCCL headers)");
+        }
+        let comm = Collective::join(launch, backend, torch_device, Duration::from_secs_f64(self.dist_timeout))?;
+        if let Some(d) = comm.describe() {
+            if comm.leads() {
+                println!("data-parallel: {d}");
+            }
+        }
+        Ok((comm, device))
     }
 
     /// The weights file of --pretrained (`imagenet` looked up, and where it was found said).
@@ -346,8 +415,19 @@ impl TrainArgs {
 }
 
 
-/// `trainer train`.
+/// `trainer train`: alone, or as one rank of a data-parallel job whose errors name the rank.
 pub fn train(args: &TrainArgs) -> Result<()> {
+    let launch = Launch::from_env()?;
+    let result = train_as(args, launch.as_ref());
+    match &launch {
+        Some(l) => result.with_context(|| format!("rank {} of {}", l.rank, l.world)),
+        None => result,
+    }
+}
+
+fn train_as(args: &TrainArgs, launch: Option<&Launch>) -> Result<()> {
+    let (comm, device) = args.join(launch)?;
+    let args = &TrainArgs { device, ..args.clone() };
     if let Some(dir) = &args.resume {
         let with = ResumeOverrides {
             data_dir: args.data_dir.clone(),
@@ -356,7 +436,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             threads: args.threads,
             device: args.device.clone(),
         };
-        return sorbier_train::resume(dir, &with, args.output()?);
+        return sorbier_train::resume(dir, &with, args.output(&comm)?, &comm);
     }
     let out = args.out.clone().context("--out RUN_DIR is required (or --resume RUN_DIR)")?;
     let data_dir = args.data_dir.clone().context("the dataset folder (DATA_DIR) is required")?;
@@ -373,7 +453,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         split,
         settings,
     };
-    sorbier_train::start(&run, args.output()?)
+    sorbier_train::start(&run, args.output(&comm)?, &comm)
 }
 
 #[cfg(test)]
