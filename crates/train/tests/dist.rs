@@ -284,7 +284,7 @@ fn a_killed_rank_ends_its_peer_with_an_error_naming_it_and_resume_completes() {
     let port = free_port();
     let survivor = start(&args, 0, port);
     let mut victim = start(&args, 1, port);
-    let last = run.join("last_state.json");
+    let last = run.join("last.state.json");
     let deadline = Instant::now() + Duration::from_secs(240);
     while !last.exists() {
         assert!(Instant::now() < deadline, "the first epoch never committed");
