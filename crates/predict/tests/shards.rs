@@ -231,3 +231,49 @@ fn predict_shard_needs_saved_logits_and_a_valid_part() {
     }
     assert!(!out.exists());
 }
+
+/// `torchrun --no-python --nproc-per-node 2 predictor predict … --shard auto`: each rank takes
+/// its part from RANK/WORLD_SIZE and writes its own `.shard-K-of-2` files; merged, they are the
+/// unsharded submission byte for byte.
+#[test]
+fn shard_auto_under_torchrun_writes_one_file_per_rank_that_merge_to_the_unsharded_submission() {
+    let sp = split();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, logits) = (dir.path().join("sub.csv"), dir.path().join("logits.safetensors"));
+    let torchrun = python().parent().unwrap().join("torchrun");
+    let mut args = vec!["--standalone", "--nproc-per-node", "2", "--no-python", bin(), "predict", "--model", s(&fixtures().a)];
+    args.extend(["--images", s(&sp.images), "--sample-submission", s(&sp.sample), "--out", s(&out), "--save-logits", s(&logits), "--shard", "auto", "--quiet"]);
+    args.extend(FAST);
+    let o = std::process::Command::new(&torchrun).args(&args).output().unwrap();
+    assert!(o.status.success(), "torchrun failed:\n{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!out.exists() && !logits.exists(), "--shard auto writes only the ranks' own files");
+    let parts: Vec<PathBuf> = (1..=2).map(|k| dir.path().join(format!("logits.shard-{k}-of-2.safetensors"))).collect();
+    for k in 1..=2 {
+        assert!(dir.path().join(format!("sub.shard-{k}-of-2.csv")).is_file(), "rank {} wrote no submission part", k - 1);
+    }
+    let merged = dir.path().join("merged.csv");
+    let o = merge(&parts.iter().map(|p| p.as_path()).collect::<Vec<_>>(), &merged);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole = dir.path().join("whole.csv");
+    let o = predict_with(&[&fixtures().a], &sp.images, &sp.sample, &whole, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&merged).unwrap() == std::fs::read(&whole).unwrap(), "merged shards differ from the unsharded submission");
+}
+
+#[test]
+fn shard_auto_without_a_launcher_is_an_error_naming_the_variables() {
+    let sp = split();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sub.csv");
+    let o = std::process::Command::new(bin())
+        .args(["predict", "--model", s(&fixtures().a), "--images", s(&sp.images), "--out", s(&out), "--shard", "auto", "--save-logits", s(&dir.path().join("l.safetensors"))])
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env_remove("SLURM_PROCID")
+        .env_remove("SLURM_NTASKS")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("RANK/WORLD_SIZE") && err.contains("SLURM_PROCID/SLURM_NTASKS"), "{err}");
+}

@@ -103,34 +103,68 @@ pub struct PredictArgs {
     #[arg(long)]
     pub skip_unreadable: bool,
     /// Predict only part K of N of the ordered rows (contiguous; needs --save-logits; join the parts with `predictor merge`).
+    ///
+    /// `auto`: K/N from RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS (srun), and
+    /// `.shard-K-of-N` goes before the extension of --out and --save-logits
+    /// (`sub.csv` → `sub.shard-2-of-4.csv`), so ranks started with one command line never
+    /// write the same file.
     #[arg(long)]
-    pub shard: Option<Shard>,
+    pub shard: Option<ShardArg>,
 }
 
-impl PredictArgs {
-    pub fn options(&self) -> predict::PredictOptions {
-        predict::PredictOptions {
-            model: self.model.options(),
-            images: self.images.clone(),
-            sample_submission: self.sample_submission.clone(),
-            no_sample_submission: self.no_sample_submission,
-            out: self.out.clone(),
-            top_k: self.top_k,
-            save_logits: self.save_logits.clone(),
-            skip_unreadable: self.skip_unreadable,
-            shard: self.shard,
+/// `--shard K/N`, or `auto` (from the launcher's environment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardArg {
+    Fixed(Shard),
+    Auto,
+}
+
+impl std::str::FromStr for ShardArg {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<ShardArg, String> {
+        if s.trim() == "auto" {
+            Ok(ShardArg::Auto)
+        } else {
+            s.parse().map(ShardArg::Fixed).map_err(|e| format!("{e}, or auto"))
         }
     }
 }
 
+impl PredictArgs {
+    /// The library's options, with `--shard auto` resolved from the environment and put into
+    /// the output names.
+    pub fn options(&self) -> Result<predict::PredictOptions> {
+        let (shard, out, save_logits) = match self.shard {
+            None => (None, self.out.clone(), self.save_logits.clone()),
+            Some(ShardArg::Fixed(s)) => (Some(s), self.out.clone(), self.save_logits.clone()),
+            Some(ShardArg::Auto) => {
+                let s = Shard::from_launcher(|k| std::env::var(k).ok())?;
+                (Some(s), s.tagged(&self.out), self.save_logits.as_deref().map(|p| s.tagged(p)))
+            }
+        };
+        Ok(predict::PredictOptions {
+            model: self.model.options(),
+            images: self.images.clone(),
+            sample_submission: self.sample_submission.clone(),
+            no_sample_submission: self.no_sample_submission,
+            out,
+            top_k: self.top_k,
+            save_logits,
+            skip_unreadable: self.skip_unreadable,
+            shard,
+        })
+    }
+}
+
 pub fn predict(args: &PredictArgs) -> Result<()> {
-    let p = predict::predict(&args.options(), &log)?;
+    let opts = args.options()?;
+    let p = predict::predict(&opts, &log)?;
     let skipped = if p.skipped == 0 {
         String::new()
     } else {
         format!("; {} row(s) with an empty class, listed in {}", p.skipped, p.skipped_file.display())
     };
-    println!("wrote {} ({} rows, {} classes) at {:.1} images/s{skipped}", args.out.display(), p.rows, p.classes, p.images_per_s);
+    println!("wrote {} ({} rows, {} classes) at {:.1} images/s{skipped}", opts.out.display(), p.rows, p.classes, p.images_per_s);
     Ok(())
 }
 
