@@ -24,25 +24,7 @@ import tritonclient.http as httpclient
 from safetensors.numpy import load_file, save_file
 from tritonclient.utils import InferenceServerException
 
-
-class CheckFailed(Exception):
-    pass
-
-
-def check(ok, what):
-    """Raises CheckFailed(what) unless ok."""
-    if not ok:
-        raise CheckFailed(what)
-
-
-def expect_error(what, call, needle):
-    try:
-        call()
-    except InferenceServerException as e:
-        msg = str(e)
-        check(needle in msg, f"{what}: the error does not mention {needle!r}: {msg}")
-        return msg
-    raise CheckFailed(f"{what}: the server answered instead of refusing")
+from oip_checks import CheckFailed, check, expect_error
 
 
 def raw_binary_infer(url, model, inp, out_name):

@@ -21,25 +21,7 @@ import tritonclient.grpc as grpcclient
 from safetensors.numpy import load_file, save_file
 from tritonclient.utils import InferenceServerException
 
-
-class CheckFailed(Exception):
-    pass
-
-
-def check(ok, what):
-    """Raises CheckFailed(what) unless ok (not `assert`: that is off under `python -O`)."""
-    if not ok:
-        raise CheckFailed(what)
-
-
-def expect_error(what, call, needle):
-    try:
-        call()
-    except InferenceServerException as e:
-        msg = str(e)
-        check(needle in msg, f"{what}: the error does not mention {needle!r}: {msg}")
-        return msg
-    raise CheckFailed(f"{what}: the server answered instead of refusing")
+from oip_checks import CheckFailed, check, expect_error
 
 
 def main():

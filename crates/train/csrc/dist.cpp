@@ -16,6 +16,8 @@
 // -DUSE_C10D_GLOO (Gloo's headers were not found at build time) every entry point says so.
 #include <ATen/ATen.h>
 
+#include "guard.h"
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -41,17 +43,7 @@ namespace {
 
 #ifdef USE_C10D_GLOO
 
-template <class F>
-char* guard(F&& body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const std::exception& e) {
-    return strdup(e.what());
-  } catch (...) {
-    return strdup("unknown C++ exception");
-  }
-}
+using sorbier::guard;
 
 std::vector<at::Tensor> list(void* const* tensors, int n) {
   std::vector<at::Tensor> out;

@@ -3,6 +3,8 @@
 // heap `at::Tensor`s in, NULL or a malloc'd error message out.
 #include <ATen/ATen.h>
 
+#include "guard.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -12,16 +14,11 @@ extern "C" {
 // *out = a new tensor holding `t` in channels-last (or the default contiguous) layout; `t`
 // itself when it already is.
 char* sorbier_contiguous_as(void* t, int channels_last, void** out) {
-  try {
+  return sorbier::guard([&] {
     const at::Tensor& x = *static_cast<at::Tensor*>(t);
     auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
     *out = new at::Tensor(x.contiguous(format));
-    return nullptr;
-  } catch (const std::exception& e) {
-    return strdup(e.what());
-  } catch (...) {
-    return strdup("unknown C++ exception");
-  }
+  });
 }
 
 // 1 if `t` is dense in channels-last order, 0 if not, -1 on error.

@@ -9,6 +9,8 @@
 // with `sorbier_free_error`; no C++ exception crosses into Rust.
 #include <ATen/ATen.h>
 
+#include "guard.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -25,18 +27,7 @@ std::vector<at::Tensor> list(void* const* tensors, int n) {
 
 at::Tensor& one(void* tensor) { return *static_cast<at::Tensor*>(tensor); }
 
-// Runs `body`; NULL on success, else the exception's message for Rust to report.
-template <class F>
-char* guard(F&& body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const std::exception& e) {
-    return strdup(e.what());
-  } catch (...) {
-    return strdup("unknown C++ exception");
-  }
-}
+using sorbier::guard;
 
 }  // namespace
 
