@@ -16,7 +16,7 @@ PY=${PYTHON:-python3}
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
 ORT_VERSION=1.31.1
-STAMP="$VENV/.sorbier-setup-$TORCH_VERSION-$TORCHVISION_VERSION-$ORT_VERSION-v4"
+STAMP="$VENV/.sorbier-setup-$TORCH_VERSION-$TORCHVISION_VERSION-$ORT_VERSION-v5"
 
 if [ ! -f "$STAMP" ]; then
   echo "[setup] creating venv in $VENV (torch $TORCH_VERSION, onnxruntime-gpu $ORT_VERSION)"
