@@ -15,16 +15,15 @@ conforms.
   .venv/bin/python tools/triton_client_check.py --url 127.0.0.1:PORT --model NAME \
       --input in.safetensors --out out.safetensors [--top-k 3]
 """
-import argparse
 import json
 import urllib.request
 
 import numpy as np
 import tritonclient.http as httpclient
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 from tritonclient.utils import InferenceServerException
 
-from oip_checks import CheckFailed, check, expect_error
+from oip_checks import arguments_and_input, check, check_readiness, expect_error
 
 
 def raw_binary_infer(url, model, inp, out_name):
@@ -48,23 +47,9 @@ def raw_binary_infer(url, model, inp, out_name):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--url", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--input", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--top-k", type=int, default=3)
-    a = ap.parse_args()
-
-    x = load_file(a.input)["input"]
-    check(x.dtype == np.float32 and x.ndim == 4, f"the input is not N x 3 x S x S float32: {x.dtype} {x.shape}")
-    n, _, s, _ = x.shape
-
+    a, x, n, s = arguments_and_input()
     client = httpclient.InferenceServerClient(url=a.url)
-    check(client.is_server_live(), "server not live")
-    check(client.is_server_ready(), "server not ready")
-    check(client.is_model_ready(a.model), "model not ready")
-    check(not client.is_model_ready("no-such-model"), "an unknown model is ready")
+    check_readiness(client, a.model)
 
     server = client.get_server_metadata()
     check(server["name"] == "sorbier", f"server metadata: {server}")
