@@ -42,18 +42,4 @@ lines+=("$("$torchrun" "${two[@]}" --no-python "$bin" --allreduce-mib 64 2>/dev/
 lines+=("$("$torchrun" "${two[@]}" tools/ddp_peer.py allreduce-bandwidth --mib 64 2>/dev/null)")
 printf '%s\n' "${lines[@]}"
 echo
-printf '%s\n' "${lines[@]}" | "$py" -c '
-import json, sys
-rows = [json.loads(l) for l in sys.stdin if l.strip()]
-runs = [r for r in rows if "img_per_s" in r]
-print(f"{\"engine\":<12} {\"model\":<22} {\"1x2 img/s\":>10} {\"2x1 img/s\":>10} {\"scaling\":>8}")
-for eng in ("sorbier", "pytorch"):
-    for key in sorted({(r["arch"], r["size"]) for r in runs}):
-        one = [r["img_per_s"] for r in runs if r["impl"].startswith(eng) and (r["arch"], r["size"]) == key and r["world"] == 1]
-        two = [r["img_per_s"] for r in runs if r["impl"].startswith(eng) and (r["arch"], r["size"]) == key and r["world"] == 2]
-        if one and two:
-            print(f"{eng:<12} {key[0] + \" \" + str(key[1]) + \" px\":<22} {one[0]:>10.1f} {two[0]:>10.1f} {two[0] / one[0]:>7.2f}x")
-for r in rows:
-    if "bus_gb_per_s" in r:
-        print(f"{r[\"impl\"]:<12} allreduce {r[\"allreduce_mib\"]} MiB over {r[\"world\"]} ranks: {r[\"ms\"]:.1f} ms, bus bandwidth {r[\"bus_gb_per_s\"]:.2f} GB/s")
-'
+printf '%s\n' "${lines[@]}" | "$py" tools/bench_dist_table.py
