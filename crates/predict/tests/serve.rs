@@ -330,32 +330,47 @@ fn an_ensemble_served_equals_the_ensemble_predicted() {
     assert!(server.stop().success());
 }
 
+/// What a conformance script (`tools/triton_*_check.py`) returned: its JSON summary, and the
+/// float32 tensors it wrote.
+struct Conformance {
+    summary: Value,
+    tensors: std::collections::HashMap<String, Vec<f32>>,
+}
+
+/// Writes the preprocessed batch of `names` where a conformance script reads it, runs `script`
+/// against the server at `url`, and reads back what it wrote (the server's log goes into the
+/// failure message).
+fn conformance(script: &str, url: &str, tmp: &Path, names: &[String], server: &Server) -> Conformance {
+    let x = preprocessed(names, 64);
+    let input = tmp.join("input.safetensors");
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![names.len(), 3, 64, 64], &bytes).unwrap();
+    safetensors::serialize_to_file([("input", view)], None, &input).unwrap();
+    let out = tmp.join("out.safetensors");
+    let o = std::process::Command::new(python())
+        .arg(manifest().join("tools").join(script))
+        .args(["--url", url, "--model", "a64", "--input", s(&input), "--out", s(&out), "--top-k", "3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{script} failed:\n{}\n{}\nserver log:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr), server.log_text());
+    let summary: Value = serde_json::from_slice(o.stdout.trim_ascii()).unwrap();
+    let got = std::fs::read(&out).unwrap();
+    let got = safetensors::SafeTensors::deserialize(&got).unwrap();
+    let tensors = got.tensors().into_iter().map(|(name, t)| (name, t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())).collect();
+    Conformance { summary, tensors }
+}
+
 #[test]
 fn tritonclient_drives_the_server_and_gets_the_predictors_logits() {
     let f = fixtures();
     let tmp = tempfile::tempdir().unwrap();
     let (names, saved, _) = predicted(tmp.path(), &[&f.a], 8, &[]);
-    let x = preprocessed(&names, 64);
-    let input = tmp.path().join("input.safetensors");
-    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![names.len(), 3, 64, 64], &bytes).unwrap();
-    safetensors::serialize_to_file([("input", view)], None, &input).unwrap();
     let server = Server::start(&args(&[&f.a], &[]));
-    let out = tmp.path().join("out.safetensors");
     let addr = server.base.trim_start_matches("http://").to_string();
-    let o = std::process::Command::new(python())
-        .arg(manifest().join("tools/triton_client_check.py"))
-        .args(["--url", &addr, "--model", "a64", "--input", s(&input), "--out", s(&out), "--top-k", "3"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "tritonclient check failed:\n{}\n{}\nserver log:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr), server.log_text());
-    let summary: Value = serde_json::from_slice(o.stdout.trim_ascii()).unwrap();
-    let got = std::fs::read(&out).unwrap();
-    let got = safetensors::SafeTensors::deserialize(&got).unwrap();
-    let tensor = |name: &str| -> Vec<f32> { got.tensor(name).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect() };
-    let (binary, as_json) = (tensor("binary"), tensor("json"));
+    let Conformance { summary, tensors } = conformance("triton_client_check.py", &addr, tmp.path(), &names, &server);
+    let (binary, as_json) = (&tensors["binary"], &tensors["json"]);
     // The client's numbers are the Rust predictor's logits (the issue asks for 1e-4).
-    assert_close(&binary, saved.mean.as_slice().unwrap(), 1e-4, "tritonclient binary infer vs predict");
+    assert_close(binary, saved.mean.as_slice().unwrap(), 1e-4, "tritonclient binary infer vs predict");
     assert_eq!(binary, as_json, "binary and JSON tensors carry the same floats");
     let classes = train_classes();
     for (i, labels) in summary["classification"].as_array().unwrap().iter().enumerate() {
@@ -382,27 +397,12 @@ fn tritonclient_grpc_drives_the_server_and_gets_the_predictors_logits() {
     let f = fixtures();
     let tmp = tempfile::tempdir().unwrap();
     let (names, saved, _) = predicted(tmp.path(), &[&f.a], 8, &[]);
-    let x = preprocessed(&names, 64);
-    let input = tmp.path().join("input.safetensors");
-    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![names.len(), 3, 64, 64], &bytes).unwrap();
-    safetensors::serialize_to_file([("input", view)], None, &input).unwrap();
     let mut cmd = std::process::Command::new(bin());
     cmd.arg("serve").args(args(&[&f.a], &[])).args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"]);
     let server = Server::spawn(cmd);
     let grpc = server.log_text().lines().find_map(|l| l.strip_prefix("grpc listening on ").map(str::to_string)).expect("no gRPC address in the log");
-    let out = tmp.path().join("out.safetensors");
-    let o = std::process::Command::new(python())
-        .arg(manifest().join("tools/triton_grpc_check.py"))
-        .args(["--url", &grpc, "--model", "a64", "--input", s(&input), "--out", s(&out), "--top-k", "3"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "tritonclient[grpc] check failed:\n{}\n{}\nserver log:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr), server.log_text());
-    let summary: Value = serde_json::from_slice(o.stdout.trim_ascii()).unwrap();
-    let got = std::fs::read(&out).unwrap();
-    let got = safetensors::SafeTensors::deserialize(&got).unwrap();
-    let logits: Vec<f32> = got.tensor("grpc").unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    assert_close(&logits, saved.mean.as_slice().unwrap(), 1e-4, "tritonclient[grpc] infer vs predict");
+    let Conformance { summary, tensors } = conformance("triton_grpc_check.py", &grpc, tmp.path(), &names, &server);
+    assert_close(&tensors["grpc"], saved.mean.as_slice().unwrap(), 1e-4, "tritonclient[grpc] infer vs predict");
     let classes = train_classes();
     let labels = summary["classification"].as_array().unwrap();
     assert_eq!(labels.len(), names.len());
