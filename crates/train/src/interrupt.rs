@@ -53,11 +53,6 @@ impl Interrupter {
             s => Some(s),
         }
     }
-
-    /// Asks the run to stop as a signal would (for tests and for callers that embed the loop).
-    pub fn request(&self, signal: i32) {
-        REQUESTED.store(signal, Ordering::SeqCst);
-    }
 }
 
 /// The run stopped on request after committing a resumable checkpoint.
