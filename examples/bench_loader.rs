@@ -6,13 +6,28 @@
 //! `tools/bench_loader.py` prints for torchvision; `tools/bench-loader.sh` runs both.
 //!
 //!     cargo run --release --example bench_loader -- [DATA_DIR] [--workers 1,2] [--batch 32]
+//!     (--help lists the options)
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use sorbier::data::{Loader, LoaderConfig, Mode};
 use sorbier::transforms::{Augment, Preprocess};
+
+/// Loader throughput, train and eval pipelines, for several worker counts.
+#[derive(Parser)]
+struct Opts {
+    /// An ImageFolder tree.
+    #[arg(default_value_os_t = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/flowers/train"))]
+    data: PathBuf,
+    /// Worker counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
+    workers: Vec<usize>,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+}
 
 const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "bmp"];
 
@@ -55,17 +70,7 @@ fn run(paths: &Arc<[PathBuf]>, labels: &Arc<[i64]>, order: Vec<usize>, mode: Mod
 }
 
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let mut data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/flowers/train");
-    let mut workers = vec![1usize, 2];
-    let mut batch = 32;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--workers" => workers = args.next().context("--workers N[,N]")?.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
-            "--batch" => batch = args.next().context("--batch N")?.parse()?,
-            _ => data = PathBuf::from(a),
-        }
-    }
+    let Opts { data, workers, batch } = Opts::parse();
     let (paths, labels) = image_folder(&data)?;
     let n = paths.len();
     let (paths, labels): (Arc<[PathBuf]>, Arc<[i64]>) = (paths.into(), labels.into());

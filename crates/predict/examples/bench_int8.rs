@@ -13,9 +13,8 @@
 //! depend on the weights), or trained models given with `--models a.onnx,b.onnx` (for the
 //! accuracy table).
 //!
-//! `cargo run --release -p sorbier-predict --example bench_int8 -- [--images DIR] [--archs resnet18,resnet50]
-//!  [--models A.onnx,B.onnx] [--size 224] [--batch 32] [--threads 2] [--workers 2] [--calibrate DIR]
-//!  [--calib-images 300] [--solution CSV] [--limit N]` (tools/bench-int8.sh runs exactly this).
+//! `cargo run --release -p sorbier-predict --example bench_int8 -- --help` lists the options and
+//! their defaults (tools/bench-int8.sh runs it).
 fn main() -> anyhow::Result<()> {
     bench::main()
 }
@@ -26,71 +25,59 @@ mod common;
 mod bench {
     use std::collections::HashMap;
     use std::path::{Path, PathBuf};
-    use std::process::Command;
     use std::sync::Arc;
     use std::time::Instant;
 
     use anyhow::{bail, Context, Result};
+    use clap::Parser;
     use ndarray::Array4;
     use sorbier::arch::Arch;
+    use sorbier::cli::spelled;
     use sorbier_predict::engine::pipeline::PipelineConfig;
     use sorbier_predict::quantize::{self, calibrate, QuantizeOptions};
     use sorbier_predict::engine::runtime::{Device, Runtime};
 
     use super::common;
 
+    /// Int8 against float32: sorbier's quantiser beside ONNX Runtime's `quantize_static`.
+    #[derive(Parser)]
     struct Opts {
+        /// The photos (a flat folder).
+        #[arg(long, default_value_os_t = common::root().join("../shared/data/flowers/test"))]
         images: PathBuf,
+        /// The networks (seeded random weights), comma-separated; ignored with --models.
+        #[arg(long, value_delimiter = ',', value_parser = spelled::<Arch>(), default_values_t = [Arch::Resnet18, Arch::Resnet50])]
         archs: Vec<Arch>,
+        /// Trained float32 models instead, comma-separated.
+        #[arg(long, value_delimiter = ',')]
         models: Vec<PathBuf>,
+        #[arg(long, default_value_t = 224)]
         size: u32,
+        #[arg(long, default_value_t = 32)]
         batch: usize,
+        /// ONNX Runtime threads.
+        #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Decoding workers.
+        #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// The calibration images (a train/<class>/ folder).
+        #[arg(long, default_value_os_t = common::root().join("../shared/data/flowers/train"))]
         calibrate: PathBuf,
+        #[arg(long, default_value_t = quantize::DEFAULT_IMAGES)]
         calib_images: usize,
+        /// A solution CSV (id,label) for top-1 accuracy.
+        #[arg(long)]
         solution: Option<PathBuf>,
+        /// At most this many photos (0: all).
+        #[arg(long, default_value_t = 0)]
         limit: usize,
-        python: PathBuf,
+        /// The peer's Python (default: $SORBIER_PYTHON, else .venv/bin/python).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Where models, calibration lists and int8 files are written.
+        #[arg(long, default_value_os_t = common::root().join("target/bench-int8"))]
         dir: PathBuf,
-    }
-
-    fn parse() -> Result<Opts> {
-        let root = common::root();
-        let mut o = Opts {
-            images: root.join("../shared/data/flowers/test"),
-            archs: vec![Arch::Resnet18, Arch::Resnet50],
-            models: Vec::new(),
-            size: 224,
-            batch: 32,
-            threads: 2,
-            workers: 2,
-            calibrate: root.join("../shared/data/flowers/train"),
-            calib_images: quantize::DEFAULT_IMAGES,
-            solution: None,
-            limit: 0,
-            python: common::python(None),
-            dir: root.join("target/bench-int8"),
-        };
-        for (k, v) in common::options()? {
-            match k.as_str() {
-                "--images" => o.images = v.into(),
-                "--archs" => o.archs = common::archs(&v)?,
-                "--models" => o.models = v.split(',').map(PathBuf::from).collect(),
-                "--size" => o.size = v.parse()?,
-                "--batch" => o.batch = v.parse()?,
-                "--threads" => o.threads = v.parse()?,
-                "--workers" => o.workers = v.parse()?,
-                "--calibrate" => o.calibrate = v.into(),
-                "--calib-images" => o.calib_images = v.parse()?,
-                "--solution" => o.solution = Some(v.into()),
-                "--limit" => o.limit = v.parse()?,
-                "--python" => o.python = common::python(Some(&v)),
-                "--dir" => o.dir = v.into(),
-                _ => bail!("unknown option {k}"),
-            }
-        }
-        Ok(o)
     }
 
     /// The CPU's name and the flags int8 and bf16 speed depend on.
@@ -129,7 +116,8 @@ mod bench {
     }
 
     pub fn main() -> Result<()> {
-        let o = parse()?;
+        let o = Opts::parse();
+        let python = common::python(o.python.as_deref());
         std::fs::create_dir_all(&o.dir)?;
         let names = common::images(&o.images, o.limit)?;
         let n = names.len();
@@ -179,15 +167,8 @@ mod bench {
                 bail!("the quantiser drew {} images, the list has {}", done.card.images, set.paths.len());
             }
             let peer = o.dir.join(format!("{stem}.peer-int8.onnx"));
-            let out = Command::new(&o.python)
-                .arg(common::root().join("tools/quantize_peer.py"))
-                .args(["--model", &fp32.display().to_string(), "--list", &list.display().to_string(), "--out", &peer.display().to_string()])
-                .output()
-                .with_context(|| format!("cannot run {}", o.python.display()))?;
-            if !out.status.success() {
-                bail!("python peer failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            let v: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii())?;
+            let args = ["--model".to_string(), fp32.display().to_string(), "--list".into(), list.display().to_string(), "--out".into(), peer.display().to_string()];
+            let v = common::peer(&python, "quantize_peer.py", &args)?;
             let peer_s = v["seconds"].as_f64().unwrap_or(f64::NAN);
 
             let cfg = PipelineConfig { batch_size: o.batch, workers: o.workers, prefetch: 2 };

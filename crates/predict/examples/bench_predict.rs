@@ -7,9 +7,8 @@
 //! - the Python peer (tools/bench_predict.py): PIL + torchvision + onnxruntime, same threads,
 //!   same batch, end-to-end and preprocessing only.
 //!
-//! `cargo run --release -p sorbier-predict --example bench_predict -- [--images DIR] [--archs resnet18,resnet50]
-//!  [--size 224] [--batch 32] [--threads 2] [--workers 2] [--device cpu] [--limit N]`
-//! (tools/bench-predict.sh runs exactly this).
+//! `cargo run --release -p sorbier-predict --example bench_predict -- --help` lists the options
+//! and their defaults (tools/bench-predict.sh runs it).
 fn main() -> anyhow::Result<()> {
     bench::main()
 }
@@ -19,12 +18,13 @@ mod common;
 
 mod bench {
     use std::path::PathBuf;
-    use std::process::Command;
     use std::sync::Arc;
     use std::time::Instant;
 
-    use anyhow::{bail, Context, Result};
+    use anyhow::Result;
+    use clap::Parser;
     use sorbier::arch::Arch;
+    use sorbier::cli::spelled;
     use sorbier_predict::engine::pipeline::{Pipeline, PipelineConfig};
     use sorbier_predict::engine::runtime::{Device, Runtime};
     use sorbier_predict::engine::tta::Variant;
@@ -32,53 +32,41 @@ mod bench {
 
     use super::common;
 
+    /// Predictor throughput beside the Python peer (PIL + torchvision + onnxruntime).
+    #[derive(Parser)]
     struct Opts {
+        /// The photos (a flat folder).
+        #[arg(long, default_value_os_t = common::root().join("../shared/data/flowers/test"))]
         images: PathBuf,
+        /// The networks (seeded random weights), comma-separated.
+        #[arg(long, value_delimiter = ',', value_parser = spelled::<Arch>(), default_values_t = [Arch::Resnet18, Arch::Resnet50])]
         archs: Vec<Arch>,
+        #[arg(long, default_value_t = 224)]
         size: u32,
+        #[arg(long, default_value_t = 32)]
         batch: usize,
+        /// ONNX Runtime threads (the peer's too).
+        #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Decoding workers (the peer's DataLoader workers too).
+        #[arg(long, default_value_t = 2)]
         workers: usize,
+        #[arg(long, default_value = "cpu")]
         device: Device,
+        /// At most this many photos (0: all).
+        #[arg(long, default_value_t = 0)]
         limit: usize,
-        python: PathBuf,
+        /// The peer's Python (default: $SORBIER_PYTHON, else .venv/bin/python).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Where the random-weight models are cached.
+        #[arg(long, default_value_os_t = common::root().join("target/bench-predict"))]
         models: PathBuf,
     }
 
-    fn parse() -> Result<Opts> {
-        let root = common::root();
-        let mut o = Opts {
-            images: root.join("../shared/data/flowers/test"),
-            archs: vec![Arch::Resnet18, Arch::Resnet50],
-            size: 224,
-            batch: 32,
-            threads: 2,
-            workers: 2,
-            device: Device::Cpu,
-            limit: 0,
-            python: common::python(None),
-            models: root.join("target/bench-predict"),
-        };
-        for (k, v) in common::options()? {
-            match k.as_str() {
-                "--images" => o.images = v.into(),
-                "--archs" => o.archs = common::archs(&v)?,
-                "--size" => o.size = v.parse()?,
-                "--batch" => o.batch = v.parse()?,
-                "--threads" => o.threads = v.parse()?,
-                "--workers" => o.workers = v.parse()?,
-                "--device" => o.device = v.parse().map_err(anyhow::Error::msg)?,
-                "--limit" => o.limit = v.parse()?,
-                "--python" => o.python = common::python(Some(&v)),
-                "--models" => o.models = v.into(),
-                _ => bail!("unknown option {k}"),
-            }
-        }
-        Ok(o)
-    }
-
     pub fn main() -> Result<()> {
-        let o = parse()?;
+        let o = Opts::parse();
+        let python = common::python(o.python.as_deref());
         let names = common::images(&o.images, o.limit)?;
         let n = names.len();
         let paths: Arc<[PathBuf]> = names.into();
@@ -111,17 +99,14 @@ mod bench {
             let (model_rate, out) = common::throughput(&rt, &path, o.device, o.threads, &batches, &paths, &cfg)?;
             let e2e = out.images_per_s;
 
-            let py = Command::new(&o.python)
-                .arg(common::root().join("tools/bench_predict.py"))
-                .args(["--model", &path.display().to_string(), "--images", &o.images.display().to_string()])
-                .args(["--resize", &pre.resize.to_string(), "--crop", &pre.crop.to_string(), "--batch", &o.batch.to_string()])
-                .args(["--threads", &o.threads.to_string(), "--workers", &o.workers.to_string(), "--limit", &o.limit.to_string()])
-                .output()
-                .with_context(|| format!("cannot run {}", o.python.display()))?;
-            if !py.status.success() {
-                bail!("python peer failed: {}", String::from_utf8_lossy(&py.stderr));
-            }
-            let v: serde_json::Value = serde_json::from_slice(py.stdout.trim_ascii())?;
+            let args = [
+                ["--model".to_string(), path.display().to_string(), "--images".into(), o.images.display().to_string()],
+                ["--resize".into(), pre.resize.to_string(), "--crop".into(), pre.crop.to_string()],
+                ["--batch".into(), o.batch.to_string(), "--threads".into(), o.threads.to_string()],
+                ["--workers".into(), o.workers.to_string(), "--limit".into(), o.limit.to_string()],
+            ]
+            .concat();
+            let v = common::peer(&python, "bench_predict.py", &args)?;
             let (py_e2e, py_pre) = (v["e2e"].as_f64().unwrap_or(f64::NAN), v["preprocess"].as_f64().unwrap_or(f64::NAN));
             println!(
                 "{:<10} {:>12.1} {:>12.1} {:>8.2} {:>12.1} {:>12.1} | {:>12.1} {:>12.1} {:>10.2} {:>10.2}",

@@ -11,176 +11,80 @@
 //! The model has seeded random weights (speed does not depend on them). Everything stops by
 //! itself; only 127.0.0.1 is used.
 //!
-//! `cargo run --release -p sorbier-predict --example bench_serve -- [--images DIR] [--arch resnet18]
-//!  [--size 224] [--clients 16] [--seconds 20] [--max-requests 20000] [--single 40] [--batch 32]
-//!  [--max-delay-ms 5] [--threads 2] [--workers 2] [--limit N] [--exe target/release/predictor]`
-//! (tools/bench-serve.sh builds the release predictor and runs exactly this).
+//! `cargo run --release -p sorbier-predict --example bench_serve -- --help` lists the options
+//! and their defaults (tools/bench-serve.sh builds the release predictor and runs it).
 fn main() -> anyhow::Result<()> {
     bench::main()
 }
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "../tests/common/server.rs"]
+mod server;
 
 mod bench {
-    use std::io::{BufRead, BufReader};
     use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
+    use std::process::Command;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use anyhow::{bail, Context, Result};
+    use clap::Parser;
     use ndarray::Array4;
     use sorbier::arch::Arch;
+    use sorbier::cli::spelled;
     use sorbier::transforms::Preprocess;
     use sorbier_predict::engine::ensemble::{Average, Ensemble};
     use sorbier_predict::engine::pipeline::PipelineConfig;
     use sorbier_predict::engine::runtime::{Device, Runtime};
 
     use super::common;
+    use super::server::Server;
 
+    /// Load benchmark of `predictor serve` on loopback, beside the batch predictor.
+    #[derive(Parser)]
     struct Opts {
+        /// The photos the clients send (a flat folder).
+        #[arg(long, default_value_os_t = common::root().join("../shared/data/flowers/test"))]
         images: PathBuf,
+        /// The network (seeded random weights).
+        #[arg(long, value_parser = spelled::<Arch>(), default_value_t = Arch::Resnet18)]
         arch: Arch,
+        #[arg(long, default_value_t = 224)]
         size: u32,
+        /// Concurrent clients in the loaded runs.
+        #[arg(long, default_value_t = 16)]
         clients: usize,
+        /// Length of each loaded run.
+        #[arg(long, default_value_t = 20.0)]
         seconds: f64,
+        /// At most this many requests in each loaded run.
+        #[arg(long, default_value_t = 20_000)]
         max_requests: usize,
+        /// Sequential requests of the one-client run.
+        #[arg(long, default_value_t = 40)]
         single: usize,
+        /// The server's --max-batch and the batch predictor's batch size.
+        #[arg(long, default_value_t = 32)]
         batch: usize,
+        #[arg(long, default_value_t = 5)]
         max_delay_ms: u64,
+        /// ONNX Runtime threads.
+        #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Decoding workers.
+        #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// At most this many photos (0: all).
+        #[arg(long, default_value_t = 0)]
         limit: usize,
+        /// Where the random-weight models are cached.
+        #[arg(long, default_value_os_t = common::root().join("target/bench-predict"))]
         models: PathBuf,
+        /// The predictor to serve with.
+        #[arg(long, default_value_os_t = common::root().join("target/release/predictor"))]
         exe: PathBuf,
-    }
-
-    fn parse() -> Result<Opts> {
-        let root = common::root();
-        let mut o = Opts {
-            images: root.join("../shared/data/flowers/test"),
-            arch: Arch::Resnet18,
-            size: 224,
-            clients: 16,
-            seconds: 20.0,
-            max_requests: 20_000,
-            single: 40,
-            batch: 32,
-            max_delay_ms: 5,
-            threads: 2,
-            workers: 2,
-            limit: 0,
-            models: root.join("target/bench-predict"),
-            exe: root.join("target/release/predictor"),
-        };
-        for (k, v) in common::options()? {
-            match k.as_str() {
-                "--images" => o.images = v.into(),
-                "--arch" => o.arch = Arch::from_name(&v).with_context(|| format!("unknown arch {v}"))?,
-                "--size" => o.size = v.parse()?,
-                "--clients" => o.clients = v.parse()?,
-                "--seconds" => o.seconds = v.parse()?,
-                "--max-requests" => o.max_requests = v.parse()?,
-                "--single" => o.single = v.parse()?,
-                "--batch" => o.batch = v.parse()?,
-                "--max-delay-ms" => o.max_delay_ms = v.parse()?,
-                "--threads" => o.threads = v.parse()?,
-                "--workers" => o.workers = v.parse()?,
-                "--limit" => o.limit = v.parse()?,
-                "--models" => o.models = v.into(),
-                "--exe" => o.exe = v.into(),
-                _ => bail!("unknown option {k}"),
-            }
-        }
-        if o.clients == 0 || o.seconds <= 0.0 || o.max_requests == 0 {
-            bail!("--clients, --seconds and --max-requests must be positive");
-        }
-        Ok(o)
-    }
-
-    /// A `predictor serve` child on 127.0.0.1 (any free port), killed when dropped.
-    struct Server {
-        child: Child,
-        base: String,
-        grpc: String,
-    }
-
-    impl Server {
-        fn start(exe: &PathBuf, args: &[String]) -> Result<Server> {
-            let mut child = Command::new(exe)
-                .arg("serve")
-                .args(args)
-                .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--quiet"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .with_context(|| format!("cannot start {}", exe.display()))?;
-            let stderr = child.stderr.take().context("no stderr")?;
-            let (tx, rx) = std::sync::mpsc::channel();
-            let log = Arc::new(Mutex::new(Vec::new()));
-            let lines = log.clone();
-            std::thread::spawn(move || {
-                let mut grpc = String::new();
-                for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-                    if let Some(addr) = line.strip_prefix("grpc listening on ") {
-                        grpc = format!("http://{addr}");
-                    }
-                    if let Some(addr) = line.strip_prefix("listening on ") {
-                        let _ = tx.send((addr.to_string(), grpc.clone()));
-                    }
-                    lines.lock().unwrap().push(line);
-                }
-            });
-            match rx.recv_timeout(Duration::from_secs(120)) {
-                Ok((base, grpc)) => Ok(Server { child, base, grpc }),
-                Err(_) => {
-                    let _ = child.kill();
-                    bail!("the server did not start:\n{}", log.lock().unwrap().join("\n"))
-                }
-            }
-        }
-
-        fn peak_rss_mib(&self) -> Result<f64> {
-            let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-            let kib: f64 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .context("no VmHWM in /proc/PID/status")?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()?;
-            Ok(kib / 1024.0)
-        }
-
-        /// `(sum, count)` of a histogram of `/metrics`.
-        fn histogram(&self, agent: &ureq::Agent, name: &str) -> Result<(f64, f64)> {
-            let text = agent.get(format!("{}/metrics", self.base)).call()?.body_mut().read_to_string()?;
-            let value = |suffix: &str| -> Result<f64> {
-                let key = format!("{name}_{suffix} ");
-                text.lines()
-                    .find_map(|l| l.strip_prefix(&key))
-                    .with_context(|| format!("no {name}_{suffix} in /metrics"))?
-                    .trim()
-                    .parse()
-                    .context("not a number")
-            };
-            Ok((value("sum")?, value("count")?))
-        }
-
-        fn stop(mut self) -> Result<std::process::ExitStatus> {
-            Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
-            Ok(self.child.wait()?)
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 
     /// One request: its latency, or why it failed.
@@ -409,7 +313,10 @@ mod bench {
     }
 
     pub fn main() -> Result<()> {
-        let o = parse()?;
+        let o = Opts::parse();
+        if o.clients == 0 || o.seconds.is_nan() || o.seconds <= 0.0 || o.max_requests == 0 {
+            bail!("--clients, --seconds and --max-requests must be positive");
+        }
         let exe = o.exe.clone();
         if !exe.exists() {
             bail!("{} is missing: build it with `cargo build --release --bin predictor` (tools/bench-serve.sh does)", exe.display());
@@ -436,26 +343,15 @@ mod bench {
 
         let (batches, batch_rate, forward_ms, prep_ms) = batch_figures(&o, &model, &paths, &photos)?;
 
-        let args: Vec<String> = [
-            "--model".to_string(),
-            model.display().to_string(),
-            "--device".into(),
-            "cpu".into(),
-            "--threads".into(),
-            o.threads.to_string(),
-            "--workers".into(),
-            o.workers.to_string(),
-            "--max-batch".into(),
-            o.batch.to_string(),
-            "--max-delay-ms".into(),
-            o.max_delay_ms.to_string(),
-            "--max-queue".into(),
-            (o.clients * 4).max(256).to_string(),
-        ]
-        .into();
-        let server = Server::start(&exe, &args)?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve").args(["--model", &model.display().to_string(), "--device", "cpu", "--quiet"]);
+        cmd.args(["--threads", &o.threads.to_string(), "--workers", &o.workers.to_string()]);
+        cmd.args(["--max-batch", &o.batch.to_string(), "--max-delay-ms", &o.max_delay_ms.to_string()]);
+        cmd.args(["--max-queue", &(o.clients * 4).max(256).to_string()]);
+        cmd.args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"]);
+        let server = Server::try_spawn(cmd)?;
         let url = format!("{}/v1/identify?top_k=5", server.base);
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60))).build().into();
+        let agent = super::server::agent();
 
         // One client: sequential requests after a short warm-up.
         for p in photos.iter().take(3) {
@@ -472,16 +368,18 @@ mod bench {
         single.sort();
 
         // N clients for a fixed time: photos, then tensors over HTTP and over gRPC.
-        let (sum0, count0) = server.histogram(&agent, "sorbier_batch_size")?;
+        let batch_sizes = || server.histogram("sorbier_batch_size").context("no sorbier_batch_size histogram in /metrics");
+        let (sum0, count0) = batch_sizes()?;
         let photos_run = load(&o, &|i| identify(&agent, &url, &photos[i % n]));
-        let (sum1, count1) = server.histogram(&agent, "sorbier_batch_size")?;
+        let (sum1, count1) = batch_sizes()?;
         let tensors: Vec<Vec<f32>> = (0..n.min(64)).map(|i| batches[i / o.batch].slice(ndarray::s![i % o.batch, .., .., ..]).iter().copied().collect()).collect();
         let infer_url = format!("{}/v2/models/{}/infer", server.base, model.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned()));
         let http_run = load(&o, &|i| infer_http(&agent, &infer_url, &tensors[i % tensors.len()], o.size));
-        let grpc = GrpcClients::new(&server.grpc, o.clients, &model)?;
+        let grpc_url = server.grpc.clone().context("the server did not announce its gRPC listener")?;
+        let grpc = GrpcClients::new(&grpc_url, o.clients, &model)?;
         let grpc_run = load(&o, &|i| grpc.infer(i, &tensors[i % tensors.len()], o.size));
-        let rss = server.peak_rss_mib()?;
-        let status = server.stop()?;
+        let rss = server.peak_rss_kib()? as f64 / 1024.0;
+        let status = server.stop();
         let mean_batch = if count1 > count0 { (sum1 - sum0) / (count1 - count0) } else { f64::NAN };
 
         let figures = Figures { batch_rate, forward_ms, prep_ms, rss };

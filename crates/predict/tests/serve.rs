@@ -18,7 +18,7 @@ mod common;
 use common::*;
 #[path = "common/server.rs"]
 mod server;
-use server::{multipart, photo, Server};
+use server::{multipart, Server};
 
 /// Served vs predicted values (logits of magnitude ≲ 10, probabilities): f32 rounding of one
 /// batch against another is ~1e-6 here; 1e-5 leaves room and still catches any real difference
@@ -427,7 +427,7 @@ fn bad_input_gets_a_clear_4xx_and_the_next_request_is_served() {
     let bombs = manifest().join("tests/corpus/bombs");
     let jpeg = photo("t0001.jpg");
     let x = preprocessed(&["t0000.jpg".to_string()], 64);
-    let rss_before = server.peak_rss_kib();
+    let rss_before = server.peak_rss_kib().unwrap();
     let (empty_ct, empty_form) = multipart(&[("images", Some("empty.jpg"), b"")]);
     let (none_ct, none_form) = multipart(&[("top_k", None, b"3")]);
     let (odd_ct, odd_form) = multipart(&[("picture", Some("x.jpg"), &good)]);
@@ -470,7 +470,7 @@ fn bad_input_gets_a_clear_4xx_and_the_next_request_is_served() {
         assert_eq!(again.json()["results"], baseline, "right after {what}");
     }
     // The bombs were refused from their headers: memory did not grow by their 7.5 GB.
-    let grown = server.peak_rss_kib().saturating_sub(rss_before);
+    let grown = server.peak_rss_kib().unwrap().saturating_sub(rss_before);
     assert!(grown < 256 << 10, "peak RSS grew by {grown} KiB while refusing bad inputs");
     // Nothing lost, nothing counted twice: every good request answered 200, and only those ran.
     let ok = cases.len() + 1;

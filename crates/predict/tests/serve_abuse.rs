@@ -14,7 +14,7 @@ mod common;
 use common::*;
 #[path = "common/server.rs"]
 mod server;
-use server::{multipart, photo, Server};
+use server::{multipart, Server};
 
 const SERVE_FAST: [&str; 6] = ["--device", "cpu", "--threads", "1", "--workers", "1"];
 
@@ -97,7 +97,7 @@ fn hostile_requests_are_refused_before_anything_is_allocated() {
     let server = start(&["--decode-budget-mb", "16"]);
     let good = photo("t0000.jpg");
     let baseline = server.identify(&good, "").json()["results"].clone();
-    let rss_before = server.peak_rss_kib();
+    let rss_before = server.peak_rss_kib().unwrap();
     let x = tensor("t0000.jpg");
     let nan: Vec<u8> = x.iter().enumerate().flat_map(|(i, v)| if i == 777 { f32::NAN } else { *v }.to_le_bytes()).collect();
     let inf: Vec<u8> = x.iter().enumerate().flat_map(|(i, v)| if i == 5 { f32::INFINITY } else { *v }.to_le_bytes()).collect();
@@ -151,7 +151,7 @@ fn hostile_requests_are_refused_before_anything_is_allocated() {
     assert!(text.contains(r#"method="other""#), "{text}");
     assert!(text.len() < 64 << 10, "/metrics is {} bytes", text.len());
     assert!(server.log.lock().unwrap().iter().all(|l| l.len() < 1000), "a log line echoes the request");
-    let grown = server.peak_rss_kib().saturating_sub(rss_before);
+    let grown = server.peak_rss_kib().unwrap().saturating_sub(rss_before);
     println!("peak RSS grew by {} MiB over the hostile requests", grown >> 10);
     assert!(grown < 256 << 10, "peak RSS grew by {grown} KiB");
     assert_eq!(server.metric("sorbier_images_in_flight"), Some(0.0));
@@ -517,7 +517,7 @@ fn generated_requests_get_a_4xx_or_a_correct_200() {
         Ok(())
     });
     let statuses = statuses.into_inner();
-    let rss = server.peak_rss_kib();
+    let rss = server.peak_rss_kib().unwrap();
     println!("{cases} generated requests: statuses {statuses:?}; peak RSS {} MiB", rss >> 10);
     if let Err(e) = outcome {
         panic!("{e}\nserver log:\n{}", server.log_text());

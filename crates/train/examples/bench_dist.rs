@@ -6,46 +6,39 @@
 //! (`tools/ddp_peer.py bench`), and prints one JSON line per run from rank 0.
 //!
 //!     torchrun --standalone --nproc-per-node 2 --no-python target/release/examples/bench_dist \
-//!         [--arch resnet18] [--size 112] [--batch 16] [--threads 1] [--steps 8] [--warmup 2]
-//!         [--allreduce-mib 64]
+//!         [OPTIONS]   (--help lists them)
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+use clap::Parser;
 use sorbier::arch::Arch;
+use sorbier::cli::spelled;
 use sorbier_train::dist::{self, Backend, Collective, Launch};
 use sorbier_train::model::Net;
 use sorbier_train::optim::{OptimConfig, Optimizer, OptimizerKind};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
+/// Data-parallel step throughput (or allreduce bandwidth) of one rank.
+#[derive(Parser)]
 struct Args {
+    #[arg(long, value_parser = spelled::<Arch>(), default_value_t = Arch::Resnet18)]
     arch: Arch,
+    #[arg(long, default_value_t = 112)]
     size: i64,
+    /// Images per rank and step.
+    #[arg(long, default_value_t = 16)]
     batch: i64,
+    /// libtorch intra-op threads per rank.
+    #[arg(long, default_value_t = 1)]
     threads: i32,
+    #[arg(long, default_value_t = 8)]
     steps: usize,
+    #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Measure allreduces of this many MiB instead of training steps.
+    #[arg(long)]
     allreduce_mib: Option<usize>,
-}
-
-fn parse() -> Result<Args> {
-    let mut a = Args { arch: Arch::Resnet18, size: 112, batch: 16, threads: 1, steps: 8, warmup: 2, allreduce_mib: None };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = argv.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--arch" => a.arch = serde_json::from_value(serde_json::Value::String(value.clone())).with_context(|| format!("unknown --arch {value}"))?,
-            "--size" => a.size = value.parse()?,
-            "--batch" => a.batch = value.parse()?,
-            "--threads" => a.threads = value.parse()?,
-            "--steps" => a.steps = value.parse()?,
-            "--warmup" => a.warmup = value.parse()?,
-            "--allreduce-mib" => a.allreduce_mib = Some(value.parse()?),
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    Ok(a)
 }
 
 /// Bus bandwidth of a ring allreduce of `mib` MiB (nccl-tests' definition:
@@ -68,7 +61,7 @@ fn allreduce_bandwidth(comm: &Collective, mib: usize) -> Result<(f64, f64)> {
 }
 
 fn main() -> Result<()> {
-    let a = parse()?;
+    let a = Args::parse();
     tch::set_num_threads(a.threads);
     let launch = Launch::from_env()?;
     let comm = Collective::join(launch.as_ref(), Backend::Gloo, Device::Cpu, Duration::from_secs(120))?;

@@ -6,15 +6,16 @@
 //! Prints `sorbier tensors <images/s>`, `sorbier jpeg <images/s>`, `sorbier ratio <r>`, the
 //! format `tools/bench_train.py` prints for PyTorch; `tools/bench-train.sh` runs both.
 //!
-//!     cargo run --release --example bench_train -- [DATA_DIR] [--arch resnet18] [--size 112]
-//!         [--batch 32] [--workers 2] [--steps 20] [--warmup 3] [--device cpu] [--channels-last] [--bf16] [--drop-path R]
+//!     cargo run --release --example bench_train -- [DATA_DIR] [OPTIONS]   (--help lists them)
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use clap::Parser;
 use rand::SeedableRng;
 use sorbier::arch::Arch;
+use sorbier::cli::spelled;
 use sorbier::data::{Dataset, Loader, LoaderConfig, Mode};
 use sorbier_train::model::autocast::{autocast, AmpDtype};
 use sorbier_train::model::{memory_format, select_device, Net};
@@ -22,6 +23,41 @@ use sorbier_train::optim::{OptimConfig, Optimizer, OptimizerKind};
 use sorbier::transforms::{Augment, Preprocess};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
+
+/// Training throughput: the real loader beside pre-made tensors.
+#[derive(Parser)]
+struct Opts {
+    /// The training images (an ImageFolder tree, or a folder holding `train/`).
+    #[arg(default_value_os_t = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("../shared/data/flowers/train"))]
+    data: PathBuf,
+    #[arg(long, value_parser = spelled::<Arch>(), default_value_t = Arch::Resnet18)]
+    arch: Arch,
+    #[arg(long, default_value_t = 112)]
+    size: u32,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Loader threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Timed steps of each run.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Untimed steps before each run.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// cpu, cuda, cuda:N or auto, as the trainer takes it.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// NHWC activations and weights (torch.channels_last).
+    #[arg(long)]
+    channels_last: bool,
+    /// bf16 autocast of the forward pass.
+    #[arg(long)]
+    bf16: bool,
+    /// Stochastic depth rate (EfficientNet-Lite only; default: the family's).
+    #[arg(long)]
+    drop_path: Option<f64>,
+}
 
 struct Bench {
     net: Net,
@@ -53,29 +89,7 @@ fn main() -> Result<()> {
     // As the trainer does (SORBIER_MALLOC=default for glibc's own settings).
     let malloc = sorbier_train::malloc::tune_for_tensors()?;
     eprintln!("sorbier malloc {malloc:?}");
-    let mut data = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("../shared/data/flowers/train");
-    let (mut arch, mut size, mut batch, mut workers, mut steps, mut warmup, mut device) = (Arch::Resnet18, 112u32, 32usize, 2usize, 20usize, 3usize, "cpu".to_string());
-    let mut channels_last = false;
-    let mut bf16 = false;
-    let mut drop_path = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--arch" => arch = Arch::from_name(&val()?).context("unknown --arch")?,
-            "--size" => size = val()?.parse()?,
-            "--batch" => batch = val()?.parse()?,
-            "--workers" => workers = val()?.parse()?,
-            "--steps" => steps = val()?.parse()?,
-            "--warmup" => warmup = val()?.parse()?,
-            "--device" => device = val()?,
-            "--channels-last" => channels_last = true,
-            "--bf16" => bf16 = true,
-            "--drop-path" => drop_path = Some(val()?.parse::<f64>()?),
-            s if s.starts_with("--") => bail!("unknown option {s}"),
-            _ => data = PathBuf::from(a),
-        }
-    }
+    let Opts { data, arch, size, batch, workers, steps, warmup, device, channels_last, bf16, drop_path } = Opts::parse();
     if drop_path.is_some() && Arch::RESNETS.contains(&arch) {
         bail!("--drop-path is for EfficientNet-Lite: the torchvision ResNets of the PyTorch peer have no stochastic depth");
     }

@@ -23,28 +23,24 @@ pub fn root() -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
-/// The `--key value` pairs of the command line, in order.
-pub fn options() -> Result<Vec<(String, String)>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    args.chunks(2)
-        .map(|kv| match kv {
-            [k, v] => Ok((k.clone(), v.clone())),
-            [k] => anyhow::bail!("{k} needs a value"),
-            _ => unreachable!("chunks of two"),
-        })
-        .collect()
-}
-
-/// `resnet18,resnet50` → the architectures.
-pub fn archs(v: &str) -> Result<Vec<Arch>> {
-    v.split(',').map(|a| Arch::from_name(a).with_context(|| format!("unknown arch {a}"))).collect()
-}
-
 /// The Python of the peers: `given`, else `$SORBIER_PYTHON`, else `.venv/bin/python`; a relative
 /// path is taken from the workspace root.
-pub fn python(given: Option<&str>) -> PathBuf {
-    let p = given.map(PathBuf::from).or_else(|| std::env::var("SORBIER_PYTHON").ok().map(PathBuf::from)).unwrap_or_else(|| PathBuf::from(".venv/bin/python"));
+pub fn python(given: Option<&Path>) -> PathBuf {
+    let p = given.map(Path::to_path_buf).or_else(|| std::env::var_os("SORBIER_PYTHON").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from(".venv/bin/python"));
     if p.is_relative() { root().join(p) } else { p }
+}
+
+/// Runs the Python peer `tools/SCRIPT ARGS` and reads the one JSON object it prints.
+pub fn peer(python: &Path, script: &str, args: &[String]) -> Result<serde_json::Value> {
+    let out = std::process::Command::new(python)
+        .arg(root().join("tools").join(script))
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !out.status.success() {
+        anyhow::bail!("the Python peer {script} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(out.stdout.trim_ascii()).with_context(|| format!("{script} printed no JSON object: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// The JPEG/PNG files of a flat folder, sorted, at most `limit` (0: all).

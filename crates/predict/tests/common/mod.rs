@@ -264,3 +264,8 @@ pub fn assert_varied_top1(sub: &[Vec<String>]) {
 pub fn bits(m: &ndarray::Array2<f32>) -> Vec<u32> {
     m.iter().map(|v| v.to_bits()).collect()
 }
+
+/// The flowers test photo `name`.
+pub fn photo(name: &str) -> Vec<u8> {
+    std::fs::read(flowers().join("test").join(name)).unwrap()
+}

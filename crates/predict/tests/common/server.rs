@@ -1,17 +1,35 @@
-//! A `predictor serve` child process on a loopback ephemeral port (`--listen 127.0.0.1:0`, the
-//! address read from its log), and a blocking HTTP client (ureq) to talk to it. Included with
-//! `#[path = "common/server.rs"] mod server;` by the tests that need a server.
+//! A `predictor serve` child process on loopback ephemeral ports (`--listen 127.0.0.1:0`, the
+//! addresses read from its log), and a blocking HTTP client (ureq) to talk to it. One helper for
+//! the server tests (`#[path = "common/server.rs"] mod server;`) and the load benchmark
+//! (`#[path = "../tests/common/server.rs"] mod server;`); it depends on nothing of either.
 #![allow(dead_code)]
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// The predictor built beside the running test or example: `target/PROFILE/predictor` (tests
+/// run from `target/PROFILE/deps`, examples from `target/PROFILE/examples`).
+pub fn exe() -> PathBuf {
+    let me = std::env::current_exe().expect("the path of the running executable");
+    let dir = me.parent().expect("an executable lives in a folder");
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("deps" | "examples") => dir.parent().expect("target/PROFILE"),
+        _ => dir,
+    };
+    profile.join("predictor")
+}
 
 /// A running server; killed when dropped (a test that wants a clean stop calls [`Server::stop`]).
 pub struct Server {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// `http://127.0.0.1:PORT` of the gRPC listener, when the command line asked for one.
+    pub grpc: Option<String>,
     /// Every line the server wrote to stderr so far.
     pub log: Arc<Mutex<Vec<String>>>,
     agent: ureq::Agent,
@@ -60,38 +78,47 @@ fn read(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
 impl Server {
     /// `predictor serve ARGS --listen 127.0.0.1:0` from this build.
     pub fn start(args: &[&str]) -> Server {
-        let mut cmd = Command::new(super::bin());
+        let mut cmd = Command::new(exe());
         cmd.arg("serve").args(args).args(["--listen", "127.0.0.1:0"]);
         Server::spawn(cmd)
     }
 
-    /// Starts `cmd` (a `serve` command line with its own `--listen …:0`) and waits until it
-    /// says where it listens.
-    pub fn spawn(mut cmd: Command) -> Server {
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
+    /// [`Server::try_spawn`], panicking with the server's log if it does not start.
+    pub fn spawn(cmd: Command) -> Server {
+        Server::try_spawn(cmd).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Starts `cmd` (a `serve` command line with its own `--listen …:0`, and optionally
+    /// `--grpc-listen …:0`) and waits until it says where it listens.
+    pub fn try_spawn(mut cmd: Command) -> anyhow::Result<Server> {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().with_context(|| format!("cannot start {program}"))?;
+        let stderr = child.stderr.take().context("the server's stderr is not piped")?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let lines = log.clone();
-        // Drains stderr for the server's whole life, so that logging never blocks it.
+        // Drains stderr for the server's whole life, so that logging never blocks it. The gRPC
+        // listener is announced before the HTTP one.
         std::thread::spawn(move || {
+            let mut grpc = None;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_string());
+                if let Some(addr) = line.strip_prefix("grpc listening on ") {
+                    grpc = Some(format!("http://{addr}"));
+                } else if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send((addr.to_string(), grpc.clone()));
                 }
                 lines.lock().unwrap().push(line);
             }
         });
-        let base = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => addr,
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok((base, grpc)) => Ok(Server { child: Some(child), base, grpc, log, agent: agent() }),
             Err(_) => {
-                let status = child.try_wait().unwrap();
+                let status = child.try_wait()?;
                 let _ = child.kill();
-                panic!("the server did not start ({status:?}):\n{}", log.lock().unwrap().join("\n"));
+                bail!("the server did not start ({status:?}):\n{}", log.lock().unwrap().join("\n"))
             }
-        };
-        Server { child: Some(child), base, log, agent: agent() }
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -133,10 +160,17 @@ impl Server {
         text.lines().find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
     }
 
+    /// `(sum, count)` of a histogram of `/metrics` (e.g. `sorbier_batch_size`).
+    pub fn histogram(&self, name: &str) -> Option<(f64, f64)> {
+        Some((self.metric(&format!("{name}_sum"))?, self.metric(&format!("{name}_count"))?))
+    }
+
     /// The server's peak resident memory (`VmHWM`), in KiB.
-    pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap()
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).with_context(|| format!("no VmHWM in {path}"))?;
+        kib.trim().trim_end_matches("kB").trim().parse().with_context(|| format!("VmHWM {kib:?} is not a number"))
     }
 
     /// Sends SIGTERM (a clean stop).
@@ -192,9 +226,4 @@ pub fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
-/// The flowers test photo `name`.
-pub fn photo(name: &str) -> Vec<u8> {
-    std::fs::read(super::flowers().join("test").join(name)).unwrap()
 }
