@@ -400,7 +400,7 @@ fn tritonclient_grpc_drives_the_server_and_gets_the_predictors_logits() {
     let mut cmd = std::process::Command::new(bin());
     cmd.arg("serve").args(args(&[&f.a], &[])).args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"]);
     let server = Server::spawn(cmd);
-    let grpc = server.log_text().lines().find_map(|l| l.strip_prefix("grpc listening on ").map(str::to_string)).expect("no gRPC address in the log");
+    let grpc = server.grpc.as_deref().expect("no gRPC address in the log").trim_start_matches("http://").to_string();
     let Conformance { summary, tensors } = conformance("triton_grpc_check.py", &grpc, tmp.path(), &names, &server);
     assert_close(&tensors["grpc"], saved.mean.as_slice().unwrap(), 1e-4, "tritonclient[grpc] infer vs predict");
     let classes = train_classes();

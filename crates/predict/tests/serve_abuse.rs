@@ -527,3 +527,123 @@ fn generated_requests_get_a_4xx_or_a_correct_200() {
     assert_eq!(server.metric("sorbier_images_in_flight"), Some(0.0));
     assert!(server.stop().success());
 }
+
+/// The gRPC status of one answer: from the headers of a trailers-only answer, else from the
+/// trailers after the messages (whose bytes are returned).
+async fn grpc_answer(answer: h2::client::ResponseFuture) -> (i32, String, Vec<u8>) {
+    let response = answer.await.expect("an HTTP/2 answer");
+    let read = |h: &tonic::codegen::http::HeaderMap| {
+        h.get("grpc-status").map(|c| (c.to_str().unwrap().parse::<i32>().unwrap(), h.get("grpc-message").map_or(String::new(), |m| percent_decoded(m.to_str().unwrap()))))
+    };
+    if let Some((code, message)) = read(response.headers()) {
+        return (code, message, Vec::new());
+    }
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("answer data");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.expect("trailers").expect("grpc-status trailers");
+    let (code, message) = read(&trailers).expect("grpc-status in the trailers");
+    (code, message, bytes)
+}
+
+/// `grpc-message` text: the protocol percent-encodes it.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Opens a `ModelInfer` stream and sends `bytes` of its body, ending the stream if `end`.
+fn grpc_send(client: &mut h2::client::SendRequest<tonic::codegen::Bytes>, bytes: Vec<u8>, end: bool) -> (h2::client::ResponseFuture, h2::SendStream<tonic::codegen::Bytes>) {
+    let request = tonic::codegen::http::Request::post("http://localhost/inference.GRPCInferenceService/ModelInfer")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (answer, mut stream) = client.send_request(request, false).unwrap();
+    stream.reserve_capacity(bytes.len());
+    stream.send_data(bytes.into(), end).unwrap();
+    (answer, stream)
+}
+
+/// A gRPC frame declaring `declared` message bytes, followed by the first `sent` of them.
+fn grpc_frame_head(declared: u32, sent: usize) -> Vec<u8> {
+    let mut b = vec![0u8];
+    b.extend(declared.to_be_bytes());
+    b.extend(std::iter::repeat_n(7u8, sent));
+    b
+}
+
+/// gRPC `infer` messages take their room in the body budget from their length prefix, before
+/// tonic reads them, and must arrive within `--body-timeout-s`: while one client uploads a
+/// message that fills the budget, another is refused at once with UNAVAILABLE; the stalled
+/// upload is cut off with DEADLINE_EXCEEDED; then a whole request is served again.
+#[test]
+fn grpc_messages_take_their_budget_before_they_are_read_and_stalls_are_cut_off() {
+    let server = start(&["--grpc-listen", "127.0.0.1:0", "--max-body-mb", "1", "--max-buffered-mb", "1", "--body-timeout-s", "1.5"]);
+    let grpc = server.grpc.clone().expect("the gRPC address").trim_start_matches("http://").to_string();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&grpc).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+
+        // A message declared at the whole budget (1 MiB), of which 1 KiB arrives, then nothing.
+        let started = Instant::now();
+        let (stalled, _keep_open) = grpc_send(&mut client, grpc_frame_head(1 << 20, 1024), false);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Another small message finds the budget taken, before sending its bytes.
+        let mut client = client.ready().await.unwrap();
+        let (refused, _second) = grpc_send(&mut client, grpc_frame_head(64 << 10, 16), false);
+        let (code, message, _) = tokio::time::timeout(Duration::from_secs(5), grpc_answer(refused)).await.expect("the second message was not refused within 5 s");
+        assert_eq!(code, 14, "UNAVAILABLE expected: {message}");
+        assert!(message.contains("--max-buffered-mb"), "{message}");
+
+        // The stalled upload is cut off at the body deadline (1.5 s), not left to hold the budget.
+        let (code, message, _) = tokio::time::timeout(Duration::from_secs(10), grpc_answer(stalled)).await.expect("the stalled upload was not cut off within 10 s");
+        let waited = started.elapsed();
+        println!("stalled gRPC upload cut off after {waited:?}: {code} {message}");
+        assert_eq!(code, 4, "DEADLINE_EXCEEDED expected: {message}");
+        assert!(message.contains("--body-timeout-s"), "{message}");
+        assert!(waited >= Duration::from_millis(1400), "cut off before the deadline: {waited:?}");
+
+        // The budget is free again: a whole request of one 64×64 image is answered.
+        let x = vec![0.25f32; 3 * 64 * 64];
+        let request = sorbier_predict::serve::grpc::pb::ModelInferRequest {
+            model_name: "a64".into(),
+            inputs: vec![sorbier_predict::serve::grpc::pb::model_infer_request::InferInputTensor { name: "input".into(), datatype: "FP32".into(), shape: vec![1, 3, 64, 64], ..Default::default() }],
+            raw_input_contents: vec![x.iter().flat_map(|v| v.to_le_bytes()).collect()],
+            ..Default::default()
+        };
+        let message = prost::Message::encode_to_vec(&request);
+        let mut whole = vec![0u8];
+        whole.extend((message.len() as u32).to_be_bytes());
+        whole.extend(message);
+        let mut client = client.ready().await.unwrap();
+        let (answer, _stream) = grpc_send(&mut client, whole, true);
+        let (code, message, bytes) = tokio::time::timeout(Duration::from_secs(30), grpc_answer(answer)).await.expect("no answer within 30 s");
+        assert_eq!(code, 0, "OK expected: {message}");
+        assert!(bytes.len() > 5, "an OK answer carries a response message");
+    });
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains(r#"sorbier_grpc_requests_total{code="OK",method="ModelInfer"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"sorbier_grpc_requests_total{code="UNAVAILABLE",method="ModelInfer"} 1"#), "{metrics}");
+}

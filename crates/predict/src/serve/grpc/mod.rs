@@ -17,8 +17,8 @@
 //! `--header-timeout-s`. HTTP statuses map onto gRPC codes: 400 → INVALID_ARGUMENT, 404 →
 //! NOT_FOUND, 413 → RESOURCE_EXHAUSTED, 503 → UNAVAILABLE, others → INTERNAL.
 //!
-//! Unlike HTTP bodies, a message takes its room in the body budget only once tonic has decoded
-//! it: until then a connection may hold up to [`STREAMS_PER_CONNECTION`] × `--max-body-mb`.
+//! As for HTTP bodies, an `infer` message takes its room in the body budget before it is read,
+//! from its gRPC length prefix, and must arrive within `--body-timeout-s` ([`gate`]).
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -28,7 +28,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use axum::http::StatusCode;
-use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -39,6 +38,8 @@ use super::infer::{self, OutputWanted, TensorData, TensorIn};
 use super::models::ServedModel;
 use super::oip::ModelPath;
 use super::{blocking, AppState};
+
+mod gate;
 
 /// The messages and service generated from `proto/grpc_service.proto`.
 pub mod pb {
@@ -139,7 +140,7 @@ impl Bound {
             .concurrency_limit_per_connection(STREAMS_PER_CONNECTION as usize)
             .http2_keepalive_interval(Some(limits.idle_timeout))
             .http2_keepalive_timeout(Some(limits.header_timeout))
-            .add_service(service)
+            .add_service(gate::Gate::new(service, state.clone()))
             .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), async move { stop.stopped().await })
             .await
             .context("the gRPC server failed")
@@ -210,11 +211,12 @@ impl Grpc {
         })
     }
 
-    async fn infer(&self, req: ModelInferRequest) -> Result<ModelInferResponse, ApiError> {
+    async fn infer(&self, room: Option<gate::Room>, req: ModelInferRequest) -> Result<ModelInferResponse, ApiError> {
         let state = self.state.clone();
         let model = self.model(&req.model_name, &req.model_version)?.clone();
-        // The decoded message holds room in the body budget until its floats have run.
-        let room = state.reserve_body(req.encoded_len())?;
+        // The message holds its room in the body budget (taken by the gate before it was read)
+        // until its floats have run.
+        let room = room.ok_or_else(|| ApiError::internal("the message reached the service without passing the body budget"))?;
         let (st, m) = (state.clone(), model.clone());
         let (id, checked) = blocking(move || {
             let (id, inputs, outputs) = parse(req)?;
@@ -312,7 +314,8 @@ impl GrpcInferenceService for Grpc {
 
     async fn model_infer(&self, req: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let start = Instant::now();
-        let r = self.infer(req.into_inner()).await;
+        let room = req.extensions().get::<gate::Room>().cloned();
+        let r = self.infer(room, req.into_inner()).await;
         self.answer("ModelInfer", start, r)
     }
 
