@@ -647,3 +647,53 @@ fn grpc_messages_take_their_budget_before_they_are_read_and_stalls_are_cut_off()
     assert!(metrics.contains(r#"sorbier_grpc_requests_total{code="OK",method="ModelInfer"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"sorbier_grpc_requests_total{code="UNAVAILABLE",method="ModelInfer"} 1"#), "{metrics}");
 }
+
+/// A copy of the fixture model `a` whose classifier bias holds a NaN: its every output is NaN.
+fn nan_model(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut model = sorbier::export::read_model(&fixtures().a).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let bias = graph.initializer.iter_mut().find(|t| t.name.as_deref() == Some("fc.bias")).expect("an fc.bias initializer");
+    match bias.raw_data.as_mut() {
+        Some(raw) if !raw.is_empty() => raw[..4].copy_from_slice(&f32::NAN.to_le_bytes()),
+        _ => bias.float_data[0] = f32::NAN,
+    }
+    let path = dir.join("nan64.onnx");
+    sorbier::export::write_model(&model, &path).unwrap();
+    path
+}
+
+/// A model that answers NaN is an error naming it — in `predict`, and in `serve` as a 500 for
+/// the requests it ran, while the other served model and the health check keep answering.
+#[test]
+fn a_model_that_answers_nan_is_an_error_naming_it_and_the_others_keep_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nan = nan_model(tmp.path());
+    let f = fixtures();
+
+    let out_csv = tmp.path().join("submission.csv");
+    let out = run(&["predict", "--model", s(&nan), "--images", s(&flowers().join("test")), "--out", s(&out_csv), "--device", "cpu"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "predict with a NaN model succeeded: {err}");
+    assert!(err.contains("nan64.onnx") && err.contains("not finite"), "{err}");
+    assert!(!out_csv.exists(), "a submission was written from NaN outputs");
+
+    let mut args = vec!["--model", s(&f.a), "--model", s(&nan)];
+    args.extend(SERVE_FAST);
+    let server = Server::start(&args);
+    let head = json!({ "inputs": [{ "name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32", "parameters": { "binary_data_size": 3 * 64 * 64 * 4 } }] });
+    let tensor: Vec<u8> = std::iter::repeat_n(0.25f32.to_le_bytes(), 3 * 64 * 64).flatten().collect();
+    let mut body = serde_json::to_vec(&head).unwrap();
+    let len = body.len().to_string();
+    body.extend_from_slice(&tensor);
+    let headers = [("content-type", "application/octet-stream"), ("inference-header-content-length", len.as_str())];
+    for round in 0..2 {
+        let r = server.post_with("/v2/models/nan64/infer", &headers, &body);
+        assert_eq!(r.status, 500, "round {round}: {}", r.text());
+        assert!(r.error().contains("nan64.onnx") && r.error().contains("not finite"), "{}", r.error());
+        let r = server.identify(&photo("t0000.jpg"), "");
+        assert_eq!(r.status, 500, "the ensemble holds the NaN model: {}", r.text());
+        let good = server.post_with("/v2/models/a64/infer", &headers, &body);
+        assert_eq!(good.status, 200, "{}", good.text());
+        assert_eq!(server.get("/v2/health/live").status, 200);
+    }
+}
