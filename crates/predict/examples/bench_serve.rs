@@ -6,7 +6,8 @@
 //!   throughput, p50/p95/p99 latency, mean dynamic-batch size (from `/metrics`), errors, and
 //!   the server's peak RSS — with photos (`/v1/identify`, decoded by the server), and with
 //!   preprocessed tensors over the Open Inference Protocol, HTTP (binary tensors) beside gRPC
-//!   (`ModelInfer`, raw contents), one image a request, the same N clients.
+//!   (`ModelInfer`, raw contents), one image a request, the same N clients; each load runs
+//!   `--rounds` times, the three interleaved, and its row sums the rounds.
 //!
 //! The model has seeded random weights (speed does not depend on them). Everything stops by
 //! itself; only 127.0.0.1 is used.
@@ -57,8 +58,11 @@ mod bench {
         #[arg(long, default_value_t = 16)]
         clients: usize,
         /// Length of each loaded run.
-        #[arg(long, default_value_t = 20.0)]
+        #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// Rounds of the loaded runs (photos, HTTP tensors, gRPC tensors interleaved).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// At most this many requests in each loaded run.
         #[arg(long, default_value_t = 20_000)]
         max_requests: usize,
@@ -265,6 +269,18 @@ mod bench {
 
     type Run = (Vec<Duration>, Vec<String>, f64);
 
+    /// The rounds of one load as one run: every latency (sorted) and error, the seconds summed.
+    fn summed(runs: Vec<Run>) -> Run {
+        let mut all: Run = (Vec::new(), Vec::new(), 0.0);
+        for (lat, errors, secs) in runs {
+            all.0.extend(lat);
+            all.1.extend(errors);
+            all.2 += secs;
+        }
+        all.0.sort();
+        all
+    }
+
     /// The table: one client's latency, then each loaded run (name, run, mean batch).
     fn print_table(f: &Figures, single: &[Duration], single_errors: usize, runs: &[(String, &Run, String)]) {
         let Figures { batch_rate, forward_ms, prep_ms, rss } = *f;
@@ -314,8 +330,8 @@ mod bench {
 
     pub fn main() -> Result<()> {
         let o = Opts::parse();
-        if o.clients == 0 || o.seconds.is_nan() || o.seconds <= 0.0 || o.max_requests == 0 {
-            bail!("--clients, --seconds and --max-requests must be positive");
+        if o.clients == 0 || o.seconds.is_nan() || o.seconds <= 0.0 || o.max_requests == 0 || o.rounds == 0 {
+            bail!("--clients, --seconds, --max-requests and --rounds must be positive");
         }
         let exe = o.exe.clone();
         if !exe.exists() {
@@ -367,20 +383,36 @@ mod bench {
         }
         single.sort();
 
-        // N clients for a fixed time: photos, then tensors over HTTP and over gRPC.
+        // Each load runs `--rounds` times, the three kinds interleaved and their order rotated
+        // every round, so that a drift of the machine touches them alike; a row sums its rounds.
         let batch_sizes = || server.histogram("sorbier_batch_size").context("no sorbier_batch_size histogram in /metrics");
-        let (sum0, count0) = batch_sizes()?;
-        let photos_run = load(&o, &|i| identify(&agent, &url, &photos[i % n]));
-        let (sum1, count1) = batch_sizes()?;
         let tensors: Vec<Vec<f32>> = (0..n.min(64)).map(|i| batches[i / o.batch].slice(ndarray::s![i % o.batch, .., .., ..]).iter().copied().collect()).collect();
         let infer_url = format!("{}/v2/models/{}/infer", server.base, model.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned()));
-        let http_run = load(&o, &|i| infer_http(&agent, &infer_url, &tensors[i % tensors.len()], o.size));
         let grpc_url = server.grpc.clone().context("the server did not announce its gRPC listener")?;
         let grpc = GrpcClients::new(&grpc_url, o.clients, &model)?;
-        let grpc_run = load(&o, &|i| grpc.infer(i, &tensors[i % tensors.len()], o.size));
+        let mut rounds: [Vec<Run>; 3] = Default::default();
+        let (mut batch_sum, mut batch_count) = (0.0, 0.0);
+        for round in 0..o.rounds {
+            for k in 0..3 {
+                let kind = (k + round) % 3;
+                let run = match kind {
+                    0 => {
+                        let (sum0, count0) = batch_sizes()?;
+                        let run = load(&o, &|i| identify(&agent, &url, &photos[i % n]));
+                        let (sum1, count1) = batch_sizes()?;
+                        (batch_sum, batch_count) = (batch_sum + sum1 - sum0, batch_count + count1 - count0);
+                        run
+                    }
+                    1 => load(&o, &|i| infer_http(&agent, &infer_url, &tensors[i % tensors.len()], o.size)),
+                    _ => load(&o, &|i| grpc.infer(i, &tensors[i % tensors.len()], o.size)),
+                };
+                rounds[kind].push(run);
+            }
+        }
+        let [photos_run, http_run, grpc_run] = rounds.map(summed);
         let rss = server.peak_rss_kib()? as f64 / 1024.0;
         let status = server.stop();
-        let mean_batch = if count1 > count0 { (sum1 - sum0) / (count1 - count0) } else { f64::NAN };
+        let mean_batch = if batch_count > 0.0 { batch_sum / batch_count } else { f64::NAN };
 
         let figures = Figures { batch_rate, forward_ms, prep_ms, rss };
         let runs = [
