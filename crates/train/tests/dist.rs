@@ -310,3 +310,71 @@ fn a_killed_rank_ends_its_peer_with_an_error_naming_it_and_resume_completes() {
     let history = std::fs::read_to_string(run.join("history.csv")).unwrap();
     assert_eq!(history.lines().count(), 4, "{history}");
 }
+
+/// SIGINT to one rank in the middle of an epoch stops every rank after the same step: both exit
+/// with status 75, rank 0 commits the stop record, and `--resume` on two ranks goes on from the
+/// next step and completes the run.
+#[test]
+fn sigint_to_one_rank_stops_every_rank_after_the_same_step_and_resume_completes() {
+    const STEPS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let start = |args: &[String], rank: usize, port: u16| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
+        cmd.args(args);
+        launch_env(&mut cmd, rank, 2, port);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let args = trainer_args(&run, 2, STEPS);
+    let port = free_port();
+    let started = Instant::now();
+    let writer = start(&args, 0, port);
+    let signalled = start(&args, 1, port);
+    while !run.join("last.state.json").exists() {
+        assert!(started.elapsed() < Duration::from_secs(240), "the first epoch never committed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A third of an epoch into epoch 2, to the rank that writes nothing.
+    std::thread::sleep(started.elapsed() / 3);
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(signalled.id() as i32, libc::SIGINT) };
+    let (w, s) = (writer.wait_with_output().unwrap(), signalled.wait_with_output().unwrap());
+    let text = |o: &Output| format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(s.status.code(), Some(75), "the signalled rank:\n{}", text(&s));
+    assert_eq!(w.status.code(), Some(75), "rank 0 did not stop with its peer:\n{}", text(&w));
+    let stop: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("stopped.state.json")).unwrap()).unwrap();
+    let step = stop["progress"]["step"].as_u64().unwrap() as usize;
+    assert!((1..STEPS).contains(&step), "stopped at step {step}: not inside epoch 2");
+    assert_eq!(stop["state"]["epoch"], 1, "epoch 1 was complete, epoch 2 was not");
+    for o in [&w, &s] {
+        assert!(text(o).contains(&format!("after step {step} of epoch 2")), "every rank names the same step {step}:\n{}", text(o));
+    }
+
+    let resume: Vec<String> = ["train", "--resume", run.to_str().unwrap(), "--quiet", "--no-report", "--dist-timeout", "20"].iter().map(|s| s.to_string()).collect();
+    let port = free_port();
+    let ranks = vec![start(&resume, 0, port), start(&resume, 1, port)];
+    let outs: Vec<Output> = ranks.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for o in &outs {
+        check(o, "the resumed rank");
+    }
+    assert!(String::from_utf8_lossy(&outs[0].stdout).contains(&format!("resuming at step {} of epoch 2", step + 1)), "{}", text(&outs[0]));
+    assert_eq!(std::fs::read_to_string(run.join("history.csv")).unwrap().lines().count(), 3);
+    assert!(!run.join("stopped.state.json").exists(), "the stop record is removed once its epoch is committed");
+}
+
+/// `--dist-backend nccl` on a rank that trains on the CPU is refused with a message that says
+/// why and what to use, before any process group is made.
+#[test]
+fn nccl_on_a_cpu_rank_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    cmd.args(trainer_args(&dir.path().join("run"), 1, 1)).args(["--dist-backend", "nccl"]);
+    launch_env(&mut cmd, 0, 1, free_port());
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let built_with_nccl = sorbier_train::dist::compiled_backends().1;
+    let expected = if built_with_nccl { "NCCL reduces CUDA tensors only" } else { "built without NCCL" };
+    assert!(stderr.contains("--dist-backend nccl") && stderr.contains(expected), "{stderr}");
+    println!("NCCL compiled in: {built_with_nccl}; {}", stderr.lines().last().unwrap_or(""));
+}

@@ -147,6 +147,9 @@ impl Collective {
         if backend == Backend::Nccl && !nccl {
             bail!("--dist-backend nccl: this trainer was built without NCCL (NCCL's and CUDA's headers were not found beside libtorch at build time); use --dist-backend gloo, or rebuild where the CUDA wheels' headers are installed");
         }
+        if backend == Backend::Nccl && !device.is_cuda() {
+            bail!("--dist-backend nccl: NCCL reduces CUDA tensors only, and this rank trains on {device:?}; use --dist-backend gloo (or auto) on CPU");
+        }
         let host = CString::new(l.master_addr.clone()).context("MASTER_ADDR holds a NUL byte")?;
         let host_store = l.rank == 0 && !l.agent_store;
         let mut ptr = std::ptr::null_mut();
