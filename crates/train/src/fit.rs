@@ -616,8 +616,12 @@ impl<'a> Trainer<'a> {
             }
             let batch = batch?;
             failures.note(&batch, &*self.out.log)?;
-            // BatchNorm cannot normalise a batch of one.
-            if batch.len() >= 2 {
+            // BatchNorm cannot normalise a batch of one. With several ranks the step runs only
+            // if every rank can take it: their collectives must pair up.
+            if !self.comm.all(batch.len() >= 2)? {
+                let why = if batch.len() < 2 { "this rank's batch holds" } else { "another rank's batch holds" };
+                self.out.log.warn(&format!("warning: step {} of epoch {} skipped ({} image(s) left out here): {why} fewer than the 2 images BatchNorm needs (load failures, or the epoch's end)", step + 1, epoch + 1, batch.len()));
+            } else {
                 // libtorch's generator (dropout, stochastic depth) is seeded per step, so a run
                 // resumed mid-epoch draws what an uninterrupted one would.
                 tch::manual_seed((mix(epoch_seed, step as u64) >> 1) as i64);

@@ -378,3 +378,56 @@ fn nccl_on_a_cpu_rank_is_refused_with_a_clear_message() {
     assert!(stderr.contains("--dist-backend nccl") && stderr.contains(expected), "{stderr}");
     println!("NCCL compiled in: {built_with_nccl}; {}", stderr.lines().last().unwrap_or(""));
 }
+
+/// Images that fail to load can leave one rank's batch below the 2 images BatchNorm needs while
+/// the other rank's is whole: every rank then skips that step together (their collectives must
+/// pair up), each says so, and the run completes.
+#[test]
+fn a_batch_emptied_by_load_failures_on_one_rank_is_skipped_by_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train");
+    let source = flowers().join("train");
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(&source).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    classes.sort();
+    for (k, class) in classes.iter().enumerate() {
+        let to = data.join(class.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        let mut photos: Vec<PathBuf> = std::fs::read_dir(class).unwrap().map(|e| e.unwrap().path()).collect();
+        photos.sort();
+        for p in &photos {
+            std::os::unix::fs::symlink(p, to.join(p.file_name().unwrap())).unwrap();
+        }
+        // A JPEG cut after 1 KiB in three of the classes: it lists, and fails to decode.
+        if k < 3 {
+            let bytes = std::fs::read(&photos[0]).unwrap();
+            std::fs::write(to.join("zz-truncated.jpg"), &bytes[..1024]).unwrap();
+        }
+    }
+    let run = dir.path().join("run");
+    let mut args: Vec<String> = ["train", data.to_str().unwrap(), "--out", run.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+    let rest = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "2", "--workers", "1", "--threads", "1", "--seed", "5"];
+    args.extend(rest.iter().map(|s| s.to_string()));
+    let rest = ["--quiet", "--no-report", "--device", "cpu", "--dist-timeout", "20", "--val-fraction", "0", "--epochs", "1", "--max-steps-per-epoch", "100"];
+    args.extend(rest.iter().map(|s| s.to_string()));
+    let port = free_port();
+    let ranks: Vec<Child> = (0..2)
+        .map(|rank| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
+            cmd.args(&args);
+            launch_env(&mut cmd, rank, 2, port);
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = ranks.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for o in &outs {
+        check(o, "a rank with load failures");
+    }
+    let stderr: Vec<String> = outs.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect();
+    let skipped = |s: &str| s.lines().filter(|l| l.contains("skipped") && l.contains("BatchNorm needs")).map(|l| l.split("warning: ").nth(1).unwrap().split(" skipped").next().unwrap().to_string()).collect::<Vec<_>>();
+    let (a, b) = (skipped(&stderr[0]), skipped(&stderr[1]));
+    assert!(!a.is_empty(), "no step was skipped: the truncated images never left a batch short\n{}\n{}", stderr[0], stderr[1]);
+    assert_eq!(a, b, "the ranks skipped different steps");
+    assert!(stderr.iter().any(|s| s.contains("this rank's batch holds")) && stderr.iter().any(|s| s.contains("another rank's batch holds")), "{stderr:?}");
+    println!("skipped together: {a:?}");
+    assert_eq!(std::fs::read_to_string(run.join("history.csv")).unwrap().lines().count(), 2);
+}

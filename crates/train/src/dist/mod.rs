@@ -261,6 +261,11 @@ impl Collective {
 
     /// True on every rank when any rank passes true (a stop request seen by one rank stops all
     /// at the same step).
+    /// Whether `flag` holds on every rank.
+    pub fn all(&self, flag: bool) -> Result<bool> {
+        Ok(!self.any(!flag)?)
+    }
+
     pub fn any(&self, flag: bool) -> Result<bool> {
         let mut v = [f64::from(u8::from(flag))];
         self.sum_f64(&mut v)?;
