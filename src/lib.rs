@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod onnx;
 pub mod report;
 pub mod run;
+pub mod schedule;
 pub mod spelling;
 pub mod transforms;
 

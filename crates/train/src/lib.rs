@@ -33,7 +33,8 @@ pub mod loss;
 pub mod malloc;
 pub mod multi_tensor;
 pub mod optim;
-pub mod schedule;
+/// The learning-rate schedules: torch-free, in the core ([`sorbier::schedule`]).
+pub use sorbier::schedule;
 
 pub use fit::{train_run, Log, Output, Trainer};
 use loss::ClassWeights;

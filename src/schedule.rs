@@ -22,7 +22,7 @@ pub enum ScheduleKind {
     Cosine,
 }
 
-sorbier::spelled!(ScheduleKind, "schedule", [None, Step, Plateau, Cosine]);
+crate::spelled!(ScheduleKind, "schedule", [None, Step, Plateau, Cosine]);
 
 /// Schedule settings, recorded in `config.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
