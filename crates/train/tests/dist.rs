@@ -43,6 +43,14 @@ fn spawn_rank(name: &str, rank: usize, port: u16, out: &Path) -> Child {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
+/// `trainer ARGS` as rank `rank` of 2, its output piped.
+fn trainer_rank(args: &[String], rank: usize, port: u16) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    cmd.args(args);
+    launch_env(&mut cmd, rank, 2, port);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
 fn wait_ok(children: Vec<Child>) {
     for c in children {
         let out = c.wait_with_output().unwrap();
@@ -273,17 +281,11 @@ fn torchrun_trains_a_run_that_export_and_predictor_use() {
 fn a_killed_rank_ends_its_peer_with_an_error_naming_it_and_resume_completes() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let start = |args: &[String], rank: usize, port: u16| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
-        cmd.args(args);
-        launch_env(&mut cmd, rank, 2, port);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-    };
     // Epochs of 40 steps: long enough to be killed in the middle of the second.
     let args = trainer_args(&run, 3, 40);
     let port = free_port();
-    let survivor = start(&args, 0, port);
-    let mut victim = start(&args, 1, port);
+    let survivor = trainer_rank(&args, 0, port);
+    let mut victim = trainer_rank(&args, 1, port);
     let last = run.join("last.state.json");
     let deadline = Instant::now() + Duration::from_secs(240);
     while !last.exists() {
@@ -305,7 +307,7 @@ fn a_killed_rank_ends_its_peer_with_an_error_naming_it_and_resume_completes() {
     let mut resume: Vec<String> = vec!["train".into(), "--resume".into(), run.to_str().unwrap().into(), "--quiet".into(), "--no-report".into(), "--dist-timeout".into(), "20".into()];
     resume.extend(["--epochs".into(), "3".into()]);
     let port = free_port();
-    let ranks = vec![start(&resume, 0, port), start(&resume, 1, port)];
+    let ranks = vec![trainer_rank(&resume, 0, port), trainer_rank(&resume, 1, port)];
     wait_ok(ranks);
     let history = std::fs::read_to_string(run.join("history.csv")).unwrap();
     assert_eq!(history.lines().count(), 4, "{history}");
@@ -319,17 +321,11 @@ fn sigint_to_one_rank_stops_every_rank_after_the_same_step_and_resume_completes(
     const STEPS: usize = 40;
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let start = |args: &[String], rank: usize, port: u16| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
-        cmd.args(args);
-        launch_env(&mut cmd, rank, 2, port);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-    };
     let args = trainer_args(&run, 2, STEPS);
     let port = free_port();
     let started = Instant::now();
-    let writer = start(&args, 0, port);
-    let signalled = start(&args, 1, port);
+    let writer = trainer_rank(&args, 0, port);
+    let signalled = trainer_rank(&args, 1, port);
     while !run.join("last.state.json").exists() {
         assert!(started.elapsed() < Duration::from_secs(240), "the first epoch never committed");
         std::thread::sleep(Duration::from_millis(5));
@@ -352,7 +348,7 @@ fn sigint_to_one_rank_stops_every_rank_after_the_same_step_and_resume_completes(
 
     let resume: Vec<String> = ["train", "--resume", run.to_str().unwrap(), "--quiet", "--no-report", "--dist-timeout", "20"].iter().map(|s| s.to_string()).collect();
     let port = free_port();
-    let ranks = vec![start(&resume, 0, port), start(&resume, 1, port)];
+    let ranks = vec![trainer_rank(&resume, 0, port), trainer_rank(&resume, 1, port)];
     let outs: Vec<Output> = ranks.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
     for o in &outs {
         check(o, "the resumed rank");
@@ -410,14 +406,7 @@ fn a_batch_emptied_by_load_failures_on_one_rank_is_skipped_by_every_rank() {
     let rest = ["--quiet", "--no-report", "--device", "cpu", "--dist-timeout", "20", "--val-fraction", "0", "--epochs", "1", "--max-steps-per-epoch", "100"];
     args.extend(rest.iter().map(|s| s.to_string()));
     let port = free_port();
-    let ranks: Vec<Child> = (0..2)
-        .map(|rank| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
-            cmd.args(&args);
-            launch_env(&mut cmd, rank, 2, port);
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-        })
-        .collect();
+    let ranks: Vec<Child> = (0..2).map(|rank| trainer_rank(&args, rank, port)).collect();
     let outs: Vec<Output> = ranks.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
     for o in &outs {
         check(o, "a rank with load failures");
