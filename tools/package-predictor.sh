@@ -8,18 +8,22 @@
 #   provider; the target machine then needs CUDA 13 and cuDNN 9).
 # The binary comes from the prediction crate, which has no libtorch in its dependency graph (checked with
 # ldd below); it runs on any x86_64 Linux with a glibc at least as new as the build machine's.
-# Usage: tools/package-predictor.sh [--with-cuda] [--out DIR]   (prints the archive path last)
+# Usage: tools/package-predictor.sh [--with-cuda] [--out DIR] [--binary PATH]
+#   (prints the archive path last; --binary packs an already-built predictor instead of making
+#   the release build, as the test suite does with the one it has built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 WITH_CUDA=0
 OUT="$ROOT/dist"
+BIN=
 while [ $# -gt 0 ]; do
   case "$1" in
     --with-cuda) WITH_CUDA=1 ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --binary) BIN=$2; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -34,8 +38,11 @@ fi
 
 # The workspace's own build (features resolved across every member, as `cargo build --release`
 # resolves them), limited to the predictor binary.
-cargo build --release --bin predictor >&2
-BIN="$ROOT/target/release/predictor"
+if [ -z "$BIN" ]; then
+  cargo build --release --bin predictor >&2
+  BIN="$ROOT/target/release/predictor"
+fi
+[ -x "$BIN" ] || { echo "no predictor binary at $BIN" >&2; exit 1; }
 if ldd "$BIN" | grep -Eq 'libtorch|libc10'; then
   echo "refusing to package: $BIN links libtorch:" >&2
   ldd "$BIN" >&2

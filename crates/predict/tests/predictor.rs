@@ -271,15 +271,16 @@ fn evaluate_reports_metrics_and_writes_the_tables() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("cactus"));
 }
 
-/// The archive `tools/package-predictor.sh` makes (a release build with only the `predict`
-/// feature — the one release build of the suite): its binary links no libtorch, and it
+/// The archive `tools/package-predictor.sh` makes: its binary links no libtorch, and it
 /// predicts from another directory with an empty environment, finding the library beside it.
+/// It packs the predictor this test run has built (`--binary`): the same dependency graph and
+/// packing as the release archive, without a release build of every dependency in the suite.
 #[test]
 fn packaged_archive_links_no_libtorch_and_runs_alone_with_an_empty_environment() {
     let f = fixtures();
     let tmp = tempfile::tempdir().unwrap();
     let dist = tmp.path().join("dist");
-    let o = Command::new(manifest().join("tools/package-predictor.sh")).args(["--out", s(&dist)]).output().unwrap();
+    let o = Command::new(manifest().join("tools/package-predictor.sh")).args(["--out", s(&dist), "--binary", bin()]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let archive = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().lines().last().unwrap());
     assert!(archive.starts_with(&dist) && s(&archive).ends_with("-linux-x86_64.tar.gz"), "{archive:?}");
