@@ -165,7 +165,7 @@ mod tests {
     fn plateau_waits_patience_then_decays_and_respects_min_lr() {
         let mut c = config(ScheduleKind::Plateau);
         c.min_lr = 0.03;
-        let mut s = LrSchedule::new(c, 10, 1, false);
+        let mut s = LrSchedule::new(c.clone(), 10, 1, false);
         // Loss improves, then stalls: decay after 3 bad epochs (patience 2), then the floor.
         let mut lrs = Vec::new();
         for m in [1.0, 0.9, 0.95, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8] {
@@ -173,9 +173,46 @@ mod tests {
             lrs.push(s.lr(0, 0));
         }
         assert_eq!(lrs, [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.03, 0.03, 0.03, 0.03]);
+        // `end_epoch` says when it reduced: at the two decays, never at the floor.
+        let mut s = LrSchedule::new(c, 10, 1, false);
+        let reduced: Vec<bool> = [1.0, 0.9, 0.95, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8].iter().map(|&m| s.end_epoch(m)).collect();
+        let at: Vec<usize> = reduced.iter().enumerate().filter(|(_, &r)| r).map(|(i, _)| i).collect();
+        assert_eq!(at, [4, 8], "{reduced:?}");
         // State round-trips through JSON.
         let back: LrSchedule = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn plateau_improvement_is_relative_and_strict_in_both_modes() {
+        // PyTorch's threshold_mode "rel": better means beyond best · (1 ± 1e-4), strictly.
+        let mut c = config(ScheduleKind::Plateau);
+        c.plateau_patience = 0;
+        let edge_max = 0.5 * (1.0 + PLATEAU_THRESHOLD);
+        // Accuracies (maximize): 0.5, then exactly the edge (not better: decays), then above it.
+        let mut s = LrSchedule::new(c.clone(), 10, 1, true);
+        assert!(!s.end_epoch(0.5));
+        assert!(s.end_epoch(edge_max), "the edge itself is no improvement");
+        assert!(!s.end_epoch(edge_max * (1.0 + 1e-9)), "just above the edge is");
+        assert_eq!(s.state.best, Some(edge_max * (1.0 + 1e-9)));
+        // A small gain below the threshold is no improvement either; a lower accuracy is none.
+        let mut s = LrSchedule::new(c.clone(), 10, 1, true);
+        s.end_epoch(0.5);
+        assert!(s.end_epoch(0.50002));
+        assert!(s.end_epoch(0.4));
+        assert_eq!(s.state.best, Some(0.5));
+        // Losses (minimize): exactly best · (1 − 1e-4) is no improvement, below it is.
+        let mut s = LrSchedule::new(c, 10, 1, false);
+        s.end_epoch(2.0);
+        assert!(s.end_epoch(2.0 * (1.0 - PLATEAU_THRESHOLD)));
+        assert!(!s.end_epoch(2.0 * (1.0 - PLATEAU_THRESHOLD) * (1.0 - 1e-9)));
+    }
+
+    #[test]
+    fn cosine_without_warmup_starts_at_the_base_rate() {
+        let s = LrSchedule::new(config(ScheduleKind::Cosine), 4, 10, true);
+        assert_eq!(s.lr(0, 0), 0.1);
+        assert_eq!(warmup_cosine(0.1, 0.01, 0.0, 40.0, 0.0, 0.0), 0.1);
     }
 
     #[test]

@@ -255,6 +255,23 @@ mod tests {
     }
 
     #[test]
+    fn classes_below_lists_only_nonempty_classes_under_k_and_ignores_foreign_labels() {
+        // Class 0: 3 images (= k, not listed), 1: none, 2: 2 (listed), 3: 1 (listed); label 4 is
+        // outside the 4 classes and counts for none.
+        let l = [0, 0, 0, 2, 2, 3, 4];
+        assert_eq!(classes_below(&l, 4, 3), vec![2, 3]);
+        assert_eq!(classes_below(&l, 4, 4), vec![0, 2, 3]);
+        assert_eq!(classes_below(&l, 4, 1), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn holdout_itself_refuses_a_zero_fraction() {
+        // `split` routes 0 to "no validation"; the holdout never draws a validation side from it.
+        let err = holdout(&[0, 0, 1, 1], 2, 0.0, 1).unwrap_err();
+        assert!(err.to_string().contains("strictly between 0 and 1"), "{err}");
+    }
+
+    #[test]
     fn zero_fraction_trains_on_everything() {
         let l = labels(&[2, 1, 0, 5]);
         let spec = SplitSpec::Holdout { val_fraction: 0.0, seed: 4 };
