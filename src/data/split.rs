@@ -321,6 +321,19 @@ mod tests {
     }
 
     #[test]
+    fn kfold_accepts_its_edges_two_folds_and_one_fold_per_sample() {
+        let l = [0, 0, 1, 1];
+        for fold in 0..2 {
+            let s = split(&l, 2, &SplitSpec::Kfold { folds: 2, fold, seed: 1 }).unwrap();
+            assert_eq!((s.val.len(), s.train.len()), (2, 2), "2 folds, fold {fold}");
+        }
+        for fold in 0..4 {
+            let s = split(&l, 2, &SplitSpec::Kfold { folds: 4, fold, seed: 1 }).unwrap();
+            assert_eq!((s.val.len(), s.train.len()), (1, 3), "as many folds as samples, fold {fold}");
+        }
+    }
+
+    #[test]
     fn kfold_is_reproducible_and_seed_dependent() {
         let l = labels(&[20, 30]);
         let spec = |seed| SplitSpec::Kfold { folds: 4, fold: 2, seed };
