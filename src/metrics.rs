@@ -268,7 +268,10 @@ mod tests {
         a.push(&LOGITS[..6], &labels[..2]).unwrap();
         b.push(&LOGITS[6..], &labels[2..]).unwrap();
         let sum: Vec<f64> = a.sums().iter().zip(b.sums()).map(|(x, y)| x + y).collect();
-        let merged = MetricsAccumulator::from_sums(3, &sum).unwrap();
+        // The ranks rebuild the accumulator from its own class count (dist::sum_metrics).
+        assert_eq!(whole.num_classes(), 3);
+        let merged = MetricsAccumulator::from_sums(whole.num_classes(), &sum).unwrap();
+        assert_eq!(merged.num_classes(), 3);
         assert_eq!(merged.confusion(), whole.confusion());
         let (m, w) = (merged.finish(), whole.finish());
         assert_eq!((m.n, m.top1, m.top5, m.macro_acc), (w.n, w.top1, w.top5, w.macro_acc));
