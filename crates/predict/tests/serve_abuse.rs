@@ -532,9 +532,8 @@ fn generated_requests_get_a_4xx_or_a_correct_200() {
 /// trailers after the messages (whose bytes are returned).
 async fn grpc_answer(answer: h2::client::ResponseFuture) -> (i32, String, Vec<u8>) {
     let response = answer.await.expect("an HTTP/2 answer");
-    let read = |h: &tonic::codegen::http::HeaderMap| {
-        h.get("grpc-status").map(|c| (c.to_str().unwrap().parse::<i32>().unwrap(), h.get("grpc-message").map_or(String::new(), |m| percent_decoded(m.to_str().unwrap()))))
-    };
+    // tonic's own reading of the status headers (the message is percent-decoded).
+    let read = |h: &tonic::codegen::http::HeaderMap| tonic::Status::from_header_map(h).map(|st| (st.code() as i32, st.message().to_string()));
     if let Some((code, message)) = read(response.headers()) {
         return (code, message, Vec::new());
     }
@@ -548,26 +547,6 @@ async fn grpc_answer(answer: h2::client::ResponseFuture) -> (i32, String, Vec<u8
     let trailers = body.trailers().await.expect("trailers").expect("grpc-status trailers");
     let (code, message) = read(&trailers).expect("grpc-status in the trailers");
     (code, message, bytes)
-}
-
-/// `grpc-message` text: the protocol percent-encodes it.
-fn percent_decoded(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match (b[i], s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Opens a `ModelInfer` stream and sends `bytes` of its body, ending the stream if `end`.

@@ -259,13 +259,13 @@ impl Collective {
         Ok(())
     }
 
-    /// True on every rank when any rank passes true (a stop request seen by one rank stops all
-    /// at the same step).
-    /// Whether `flag` holds on every rank.
+    /// Whether `flag` holds on every rank (a step runs only if every rank can take it).
     pub fn all(&self, flag: bool) -> Result<bool> {
         Ok(!self.any(!flag)?)
     }
 
+    /// True on every rank when any rank passes true (a stop request seen by one rank stops all
+    /// at the same step).
     pub fn any(&self, flag: bool) -> Result<bool> {
         let mut v = [f64::from(u8::from(flag))];
         self.sum_f64(&mut v)?;

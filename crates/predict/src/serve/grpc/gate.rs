@@ -92,13 +92,12 @@ where
 async fn admit(req: http::Request<Body>, state: &AppState) -> Result<http::Request<Body>, Status> {
     let limits = &state.limits;
     let deadline = tokio::time::Instant::now() + limits.body_timeout;
-    let late = || Status::deadline_exceeded(format!("the request message did not arrive within {} s (--body-timeout-s)", limits.body_timeout.as_secs_f64()));
     let (mut parts, mut body) = req.into_parts();
     let mut head: VecDeque<Frame<Bytes>> = VecDeque::new();
     let mut prefix: Vec<u8> = Vec::with_capacity(5);
     while prefix.len() < 5 {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(late()),
+            Err(_) => return Err(late(limits.body_timeout)),
             Ok(None) => break,
             Ok(Some(frame)) => frame?,
         };
@@ -117,6 +116,11 @@ async fn admit(req: http::Request<Body>, state: &AppState) -> Result<http::Reque
     }
     let rest = Replay { head, rest: body, deadline: Box::pin(tokio::time::sleep_until(deadline)), timeout: limits.body_timeout };
     Ok(http::Request::from_parts(parts, Body::new(rest)))
+}
+
+/// The refusal of a message still incomplete at the body deadline.
+fn late(timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!("the request message did not arrive within {} s (--body-timeout-s)", timeout.as_secs_f64()))
 }
 
 /// The frames already read, then the rest of the body, cut off at the deadline.
@@ -139,10 +143,7 @@ impl hyper::body::Body for Replay {
             return Poll::Ready(next);
         }
         match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
-                "the request message did not arrive within {} s (--body-timeout-s)",
-                self.timeout.as_secs_f64()
-            ))))),
+            Poll::Ready(()) => Poll::Ready(Some(Err(late(self.timeout)))),
             Poll::Pending => Poll::Pending,
         }
     }
