@@ -62,9 +62,11 @@ impl RunConfig {
 pub enum Checkpoint {
     Best,
     Last,
+    /// The exponential moving average of the weights after the last epoch (`--model-ema`).
+    Ema,
 }
 
-crate::spelled!(Checkpoint, "checkpoint", [Best, Last]);
+crate::spelled!(Checkpoint, "checkpoint", [Best, Last, Ema]);
 
 impl Checkpoint {
     pub fn name(self) -> &'static str {
@@ -83,6 +85,9 @@ impl Checkpoint {
 pub struct CheckpointInfo {
     pub epoch: usize,
     pub metrics: BTreeMap<String, f64>,
+    /// The weights are the exponential moving average (`--model-ema`), not the trained ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ema: bool,
 }
 
 impl CheckpointInfo {
@@ -124,6 +129,20 @@ pub struct HistoryRow {
     pub val_macro_acc: f64,
     pub train_images_per_s: f64,
     pub seconds: f64,
+    /// The same validation metrics of the EMA weights (`--model-ema`; NaN without it).
+    /// Absent from histories written before EMA existed: NaN.
+    #[serde(default = "nan")]
+    pub ema_val_loss: f64,
+    #[serde(default = "nan")]
+    pub ema_val_top1: f64,
+    #[serde(default = "nan")]
+    pub ema_val_top5: f64,
+    #[serde(default = "nan")]
+    pub ema_val_macro_acc: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 /// `history.csv` as bytes (header included even with no rows).
@@ -139,7 +158,7 @@ pub fn history_csv(rows: &[HistoryRow]) -> Result<Vec<u8>> {
 }
 
 /// The columns of `history.csv`, in order.
-pub const HISTORY_COLUMNS: [&str; 10] = [
+pub const HISTORY_COLUMNS: [&str; 14] = [
     "epoch",
     "lr",
     "train_loss",
@@ -150,9 +169,14 @@ pub const HISTORY_COLUMNS: [&str; 10] = [
     "val_macro_acc",
     "train_images_per_s",
     "seconds",
+    "ema_val_loss",
+    "ema_val_top1",
+    "ema_val_top5",
+    "ema_val_macro_acc",
 ];
 
-/// Reads a `history.csv` written by the trainer (every column required; `NaN` allowed).
+/// Reads a `history.csv` written by the trainer (every column required but the EMA ones,
+/// which older runs lack; `NaN` allowed).
 pub fn read_history(path: &Path) -> Result<Vec<HistoryRow>> {
     let mut r = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
     r.deserialize().collect::<std::result::Result<Vec<HistoryRow>, _>>().with_context(|| format!("{} is not a sorbier history", path.display()))

@@ -64,10 +64,11 @@ pub fn export_run(run_dir: &Path, checkpoint: Checkpoint, fp16: bool) -> Result<
     let weights_path = checkpoint.weights(run_dir);
     if !weights_path.is_file() {
         bail!(
-            "run directory {} has no {} checkpoint ({} is missing)",
+            "run directory {} has no {} checkpoint ({} is missing){}",
             run_dir.display(),
             checkpoint.name(),
-            weights_path.display()
+            weights_path.display(),
+            if checkpoint == Checkpoint::Ema { ": the run was trained without --model-ema" } else { "" }
         );
     }
     let info = CheckpointInfo::load(&checkpoint.info(run_dir))?;

@@ -185,6 +185,10 @@ pub fn read_history(path: &Path) -> Result<Vec<HistoryRow>> {
             val_macro_acc: get("val_macro_acc")?,
             train_images_per_s: get("train_images_per_s")?,
             seconds: get("seconds")?,
+            ema_val_loss: get("ema_val_loss")?,
+            ema_val_top1: get("ema_val_top1")?,
+            ema_val_top5: get("ema_val_top5")?,
+            ema_val_macro_acc: get("ema_val_macro_acc")?,
         });
     }
     Ok(rows)

@@ -100,4 +100,14 @@ char* sorbier_clip_grad_value(void* const* grads, int n, double clip) {
   });
 }
 
+// ModelEmaV3's update (foreach=True): ema += weight · (model − ema) for every pair, one
+// multi-tensor call (torch._foreach_lerp_).
+char* sorbier_foreach_lerp(void* const* ema, void* const* model, int n, double weight) {
+  return guard([&] {
+    auto e = list(ema, n);
+    auto m = list(model, n);
+    at::_foreach_lerp_(e, m, weight);
+  });
+}
+
 }  // extern "C"

@@ -24,6 +24,9 @@ pub const BEST_PER_CLASS: &str = "best_per_class.csv";
 pub const STOPPED_WEIGHTS: &str = "stopped.safetensors";
 pub const STOPPED_TENSORS: &str = "stopped.state.safetensors";
 pub const STOPPED_JSON: &str = "stopped.state.json";
+/// The EMA weights of a run stopped mid-epoch (`--model-ema`; the last completed epoch's are
+/// `ema.safetensors`, [`sorbier::run::Checkpoint::Ema`]).
+pub const STOPPED_EMA: &str = "stopped.ema.safetensors";
 const STAGED: &str = ".next";
 
 fn staged(dir: &Path, name: &str) -> PathBuf {
@@ -151,6 +154,9 @@ pub fn per_class_csv(classes: &[String], train_sizes: &[usize], cm: &[Vec<usize>
 pub struct Best {
     pub epoch: usize,
     pub value: f64,
+    /// The EMA weights were the better ones (`--model-ema`). Absent before EMA existed: false.
+    #[serde(default)]
+    pub ema: bool,
 }
 
 /// `last.state.json`: what, beside the weights and optimiser tensors, `--resume` needs.
@@ -211,7 +217,7 @@ impl StoppedState {
 
     /// Removes the stop record once the epoch it belongs to is committed.
     pub fn remove(dir: &Path) -> Result<()> {
-        for name in [STOPPED_JSON, STOPPED_WEIGHTS, STOPPED_TENSORS] {
+        for name in [STOPPED_JSON, STOPPED_WEIGHTS, STOPPED_TENSORS, STOPPED_EMA] {
             let p = dir.join(name);
             if p.exists() {
                 std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
@@ -274,11 +280,34 @@ mod tests {
         assert_eq!(text, "true\\pred,10,rose\n10,3,1\nrose,0,0\n");
         let text = String::from_utf8(per_class_csv(&classes, &[12, 5], &cm).unwrap()).unwrap();
         assert_eq!(text, "class,train_size,support,correct,accuracy\n10,12,4,3,0.75\nrose,5,0,0,\n");
-        let row = HistoryRow { epoch: 1, lr: 0.001, train_loss: 1.5, train_acc: 0.25, val_loss: 1.25, val_top1: 0.5, val_top5: 1.0, val_macro_acc: 0.5, train_images_per_s: 10.0, seconds: 2.0 };
+        let row = HistoryRow {
+            epoch: 1,
+            lr: 0.001,
+            train_loss: 1.5,
+            train_acc: 0.25,
+            val_loss: 1.25,
+            val_top1: 0.5,
+            val_top5: 1.0,
+            val_macro_acc: 0.5,
+            train_images_per_s: 10.0,
+            seconds: 2.0,
+            ema_val_loss: 1.0,
+            ema_val_top1: 0.75,
+            ema_val_top5: 1.0,
+            ema_val_macro_acc: 0.625,
+        };
         let bytes = history_csv(std::slice::from_ref(&row)).unwrap();
-        assert!(String::from_utf8(bytes.clone()).unwrap().starts_with(&HISTORY_COLUMNS.join(",")));
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.starts_with(&HISTORY_COLUMNS.join(",")));
         let p = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(p.path(), bytes).unwrap();
-        assert_eq!(read_history(p.path()).unwrap(), vec![row]);
+        std::fs::write(p.path(), &bytes).unwrap();
+        assert_eq!(read_history(p.path()).unwrap(), vec![row.clone()]);
+        // A history written before the EMA columns existed still reads, with NaN there.
+        let old: Vec<&str> = text.lines().map(|l| l.rsplitn(5, ',').last().unwrap()).collect();
+        assert_eq!(old[0], HISTORY_COLUMNS[..10].join(","));
+        std::fs::write(p.path(), old.join("\n")).unwrap();
+        let back = read_history(p.path()).unwrap();
+        assert!(back[0].ema_val_top1.is_nan() && back[0].ema_val_loss.is_nan());
+        assert_eq!(HistoryRow { ema_val_loss: 1.0, ema_val_top1: 0.75, ema_val_top5: 1.0, ema_val_macro_acc: 0.625, ..back[0].clone() }, row);
     }
 }

@@ -26,10 +26,12 @@ use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
+use super::ema::ModelEma;
 use super::files::{
-    self, Best, Commit, EpochProgress, HistoryRow, ResumeState, StoppedState, BEST_CONFUSION, BEST_PER_CLASS, LAST_STATE_JSON, LAST_STATE_TENSORS, STOPPED_JSON,
-    STOPPED_TENSORS, STOPPED_WEIGHTS,
+    self, Best, Commit, EpochProgress, HistoryRow, ResumeState, StoppedState, BEST_CONFUSION, BEST_PER_CLASS, LAST_STATE_JSON, LAST_STATE_TENSORS, STOPPED_EMA,
+    STOPPED_JSON, STOPPED_TENSORS, STOPPED_WEIGHTS,
 };
+use super::mixup;
 use super::interrupt::{Interrupted, Interrupter};
 use super::amp::LossScaler;
 use super::dist::{self, Collective};
@@ -151,7 +153,7 @@ fn metric_value(m: &Metrics, which: super::BestMetric) -> f64 {
 /// be mistaken for validation metrics (and never NaN, which JSON cannot hold).
 fn train_info(epoch: usize, train_loss: f64, train_acc: f64) -> CheckpointInfo {
     let metrics = [("train_loss".to_string(), train_loss), ("train_acc".to_string(), train_acc)].into_iter().filter(|(_, v)| v.is_finite()).collect();
-    CheckpointInfo { epoch, metrics }
+    CheckpointInfo { epoch, metrics, ema: false }
 }
 
 fn info(epoch: usize, m: &Metrics) -> CheckpointInfo {
@@ -160,7 +162,7 @@ fn info(epoch: usize, m: &Metrics) -> CheckpointInfo {
     metrics.insert("top5".to_string(), m.top5);
     metrics.insert("macro_acc".to_string(), m.macro_acc);
     metrics.insert("loss".to_string(), m.loss.unwrap_or(f64::NAN));
-    CheckpointInfo { epoch, metrics }
+    CheckpointInfo { epoch, metrics, ema: false }
 }
 
 /// Where the loop's messages go: `info` for the one-line-per-epoch summaries and set-up facts
@@ -206,6 +208,16 @@ pub struct EpochTrain {
 /// The validation side's accumulated confusion and its metrics.
 pub type Validation = (MetricsAccumulator, Metrics);
 
+/// An epoch's validation: the trained weights, and their moving average with `--model-ema`.
+#[derive(Default)]
+pub struct Validations {
+    pub raw: Option<Validation>,
+    pub ema: Option<Validation>,
+}
+
+/// The stream of the mixup/CutMix draws, apart from the others derived from `(seed, epoch, step)`.
+const MIXUP_STREAM: u64 = 0x6d69_7875_705f_6375;
+
 /// A run being trained: the model, its optimiser and schedule, and the loop's state.
 pub struct Trainer<'a> {
     dir: PathBuf,
@@ -235,6 +247,10 @@ pub struct Trainer<'a> {
     /// broadcasts before each forward pass.
     comm: &'a Collective,
     buffers: Vec<Tensor>,
+    /// The moving average of the weights (`--model-ema`) and its BatchNorm buffers, which
+    /// rank 0 broadcasts before validating it.
+    ema: Option<ModelEma>,
+    ema_buffers: Vec<Tensor>,
 }
 
 /// Trains the run in `dir` (whose `config.json` is `cfg`): a new run from epoch 1, or with
@@ -246,6 +262,9 @@ pub fn train_run(dir: &Path, cfg: &RunConfig, s: &TrainSettings, rt: &Runtime, r
     }
     // Every rank starts from rank 0's weights and buffers, as DDP's constructor does.
     comm.broadcast(&dist::variables(&trainer.vs, |_| true))?;
+    if let Some(e) = &trainer.ema {
+        comm.broadcast(&dist::variables(&e.vs, |_| true))?;
+    }
     trainer.fit()?;
     // No rank reports success before rank 0 has committed the last epoch.
     comm.barrier()
@@ -281,6 +300,12 @@ impl<'a> Trainer<'a> {
 
         let (vs, net) = Self::build_model(cfg, s, device, resume, &*log)?;
         let opt = Self::build_optimizer(&vs, &net, s)?;
+        // The average starts as a copy of the model (a resumed run loads its own in `restore`).
+        let ema = match s.model_ema {
+            Some(c) => Some(ModelEma::new(c, &vs, net.spec(), device, s.channels_last)?),
+            None => None,
+        };
+        let ema_buffers = ema.as_ref().map(|e| comm.replicated_buffers(&e.vs)).unwrap_or_default();
 
         let epoch_samples = match s.sampling {
             Sampling::Weighted => sampler::num_samples(data.train.len(), s.samples_multiplier),
@@ -323,6 +348,8 @@ impl<'a> Trainer<'a> {
             progress: EpochProgress::default(),
             buffers,
             comm,
+            ema,
+            ema_buffers,
         })
     }
 
@@ -392,10 +419,11 @@ impl<'a> Trainer<'a> {
             log.info(&format!("{}: {} classes, {} training and {} validation images", cfg.data_root.display(), nc, split.train.len(), split.val.len()));
         } else {
             log.info(&format!(
-                "{}: {} classes, {} training images, no validation split (--val-fraction 0): best.safetensors is the last epoch, --best-metric {} is not used",
+                "{}: {} classes, {} training images, no validation split (--val-fraction 0): best.safetensors is the last epoch{}, --best-metric {} is not used",
                 cfg.data_root.display(),
                 nc,
                 split.train.len(),
+                if s.model_ema.is_some() { "'s moving average of the weights" } else { "" },
                 s.best_metric.column()
             ));
         }
@@ -454,16 +482,22 @@ impl<'a> Trainer<'a> {
         let dir = self.dir.clone();
         let last = if dir.join(LAST_STATE_JSON).exists() { Some(ResumeState::load(&dir)?) } else { None };
         let stopped = StoppedState::load(&dir, last.as_ref().map_or(0, |st| st.epoch))?;
-        let (st, weights, tensors) = match (stopped, last) {
+        let (st, weights, tensors, ema_weights) = match (stopped, last) {
             (Some(stop), _) => {
                 self.progress = stop.progress;
-                (stop.state, dir.join(STOPPED_WEIGHTS), dir.join(STOPPED_TENSORS))
+                (stop.state, dir.join(STOPPED_WEIGHTS), dir.join(STOPPED_TENSORS), dir.join(STOPPED_EMA))
             }
-            (None, Some(st)) => (st, Checkpoint::Last.weights(&dir), dir.join(LAST_STATE_TENSORS)),
+            (None, Some(st)) => (st, Checkpoint::Last.weights(&dir), dir.join(LAST_STATE_TENSORS), Checkpoint::Ema.weights(&dir)),
             (None, None) => return Ok(true), // killed before its first epoch: set_up already starts over
         };
         let spec = self.cfg.arch.spec(self.cfg.classes.len());
         model::load_weights(&mut self.vs, &weights, &spec, false)?;
+        if let Some(e) = self.ema.as_mut() {
+            if !ema_weights.exists() {
+                bail!("{}: the run keeps a moving average of its weights (--model-ema) but {} is missing", dir.display(), ema_weights.display());
+            }
+            model::load_weights(&mut e.vs, &ema_weights, &spec, false).context("the moving average of the weights")?;
+        }
         let loaded = Tensor::read_safetensors(&tensors).with_context(|| format!("cannot read {}", tensors.display()))?;
         self.opt.load_state(loaded, &st.optimizer_steps).with_context(|| format!("{}", tensors.display()))?;
         self.schedule.state = st.schedule.state;
@@ -533,6 +567,10 @@ impl<'a> Trainer<'a> {
         let mut commit = Commit::new(&self.dir);
         model::save_safetensors(&self.vs, &commit.path(STOPPED_WEIGHTS))?;
         commit.add(STOPPED_WEIGHTS);
+        if let Some(e) = &self.ema {
+            model::save_safetensors(&e.vs, &commit.path(STOPPED_EMA))?;
+            commit.add(STOPPED_EMA);
+        }
         commit.tensors(STOPPED_TENSORS, &self.opt.state_tensors())?;
         let record = StoppedState { state: self.resume_state(self.epoch), progress };
         commit.bytes(STOPPED_JSON, serde_json::to_string_pretty(&record)?.as_bytes())?;
@@ -546,15 +584,16 @@ impl<'a> Trainer<'a> {
             let started = Instant::now();
             let (train, failed) = self.train_epoch()?;
             let val = self.validate()?;
-            let (row, improved) = self.commit(&train, val.as_ref(), started)?;
-            self.print_epoch(&row, improved, val.is_some(), failed);
+            let (row, improved) = self.commit(&train, &val, started)?;
+            self.print_epoch(&row, improved, val.raw.is_some(), failed);
             if let Some(signal) = self.stop_requested()?.filter(|_| self.epoch < self.s.epochs) {
                 return Err(Interrupted { signal, epoch: self.epoch, step: 0, run_dir: self.dir.clone() }.into());
             }
         }
         let log = &self.out.log;
         if let Some(b) = &self.best {
-            log.info(&format!("best {} {:.4} at epoch {}; run directory {}", self.s.best_metric.column(), b.value, b.epoch, self.dir.display()));
+            let which = if b.ema { " (the moving average of the weights)" } else { "" };
+            log.info(&format!("best {} {:.4} at epoch {}{which}; run directory {}", self.s.best_metric.column(), b.value, b.epoch, self.dir.display()));
         } else if !self.cfg.split.has_validation() {
             log.info(&format!(
                 "trained on every image for {} epochs (no validation); best.safetensors = last epoch; run directory {}",
@@ -687,9 +726,24 @@ impl<'a> Trainer<'a> {
         let x = images_tensor(batch, device, s.channels_last)?;
         let y = Tensor::from_slice(&batch.labels).to_device(device);
         let lr = self.schedule.lr(self.epoch, step);
+        // Mixup/CutMix: soft targets, with the label smoothing inside them (timm's Mixup).
+        let (x, soft) = match s.mixup.filter(|m| m.active(self.epoch)) {
+            Some(m) => {
+                let seed = mix(mix(mix(self.cfg.seed, self.epoch as u64), step as u64), MIXUP_STREAM);
+                let mut rng = ChaCha8Rng::seed_from_u64(self.comm.rank_seed(seed));
+                let size = x.size();
+                let draw = m.draw(size[2], size[3], &mut rng)?;
+                let targets = mixup::mix_targets(&y, self.cfg.classes.len() as i64, draw.lam(), s.label_smoothing);
+                (mixup::mix_images(&x, &draw), Some(targets))
+            }
+            None => (x, None),
+        };
         self.comm.broadcast(&self.buffers)?;
         let logits = forward(&self.net, &x, true, device, self.amp)?;
-        let loss = loss::cross_entropy(&logits, &y, self.class_weight.as_ref(), s.label_smoothing);
+        let loss = match &soft {
+            Some(t) => loss::soft_cross_entropy(&logits, t, self.class_weight.as_ref()),
+            None => loss::cross_entropy(&logits, &y, self.class_weight.as_ref(), s.label_smoothing),
+        };
         // Gradients averaged over the ranks (before unscaling, so every rank sees the same
         // overflow). None: fp16 overflow, the step is skipped (and the loss scale has halved).
         let average = |g: &[Tensor]| self.comm.average(g);
@@ -711,52 +765,83 @@ impl<'a> Trainer<'a> {
             self.opt.step(&grads, lr)?;
         }
         self.global_step += 1;
+        if let Some(e) = &self.ema {
+            e.update(self.global_step)?;
+        }
+        // Accuracy against the unmixed labels.
         let hits = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64));
         Ok((loss.detach().to_kind(Kind::Double), hits))
     }
 
-    /// The validation pass, when the run has a validation side.
-    pub fn validate(&self) -> Result<Option<Validation>> {
+    /// The validation pass, when the run has a validation side: the trained weights, then
+    /// their moving average when the run keeps one.
+    pub fn validate(&self) -> Result<Validations> {
         if !self.cfg.split.has_validation() {
-            return Ok(None);
+            return Ok(Validations::default());
         }
+        let raw = self.validate_net(&self.net, &self.buffers, "")?;
+        let ema = match &self.ema {
+            Some(e) => Some(self.validate_net(&e.net, &self.ema_buffers, " (moving average of the weights)")?),
+            None => None,
+        };
+        Ok(Validations { raw: Some(raw), ema })
+    }
+
+    fn validate_net(&self, net: &Net, buffers: &[Tensor], what: &str) -> Result<Validation> {
         // Each rank scores its share with rank 0's BatchNorm statistics; the summed counts are
         // those of the whole validation side.
-        self.comm.broadcast(&self.buffers)?;
+        self.comm.broadcast(buffers)?;
         let share = sampler::distributed(&self.data.val, self.comm.rank(), self.comm.world(), false);
         let images = share.len();
         let loader = Loader::new(self.data.paths.clone(), self.data.labels.clone(), share, Mode::Eval(self.cfg.preprocess.clone()), self.loader_config(false));
         let acc = guarded(
-            || format!("validation after epoch {}", self.epoch + 1),
-            || evaluate(&self.net, loader, self.cfg.classes.len(), self.device, self.amp, self.s.channels_last, images, &*self.out.log),
+            || format!("validation{what} after epoch {}", self.epoch + 1),
+            || evaluate(net, loader, self.cfg.classes.len(), self.device, self.amp, self.s.channels_last, images, &*self.out.log),
         )?;
         let acc = self.comm.sum_metrics(acc)?;
         let m = acc.finish();
-        Ok(Some((acc, m)))
+        Ok((acc, m))
     }
 
     /// Records the epoch: the schedule's end-of-epoch step, the best epoch, the history row,
     /// and one atomic commit of every file (see [`files`] for why a kill -9 cannot leave a mix
     /// of epochs). Returns the history row and whether this epoch is the new best.
-    pub fn commit(&mut self, train: &EpochTrain, val: Option<&Validation>, started: Instant) -> Result<(HistoryRow, bool)> {
+    ///
+    /// With `--model-ema` the epoch's candidate for best is the better of the trained weights
+    /// and their average (the average on a tie); without a validation side it is the average.
+    /// The learning-rate plateau follows the trained weights, the ones it steers.
+    pub fn commit(&mut self, train: &EpochTrain, val: &Validations, started: Instant) -> Result<(HistoryRow, bool)> {
         let (s, epoch) = (self.s, self.epoch);
+        let better = |a: f64, b: f64| if s.best_metric.maximize() { a > b } else { a < b };
         // Without validation the last epoch is the best one, and `best` stays None: there is
         // no metric value to record or compare.
         let mut improved = true;
-        if let Some((_, m)) = val {
-            let value = metric_value(m, s.best_metric);
-            self.schedule.end_epoch(value);
+        let mut best_is_ema = self.ema.is_some();
+        if let Some((_, m)) = &val.raw {
+            let raw = metric_value(m, s.best_metric);
+            self.schedule.end_epoch(raw);
+            let (value, is_ema) = match &val.ema {
+                Some((_, e)) => {
+                    let ema = metric_value(e, s.best_metric);
+                    if ema == raw || better(ema, raw) || raw.is_nan() {
+                        (ema, true)
+                    } else {
+                        (raw, false)
+                    }
+                }
+                None => (raw, false),
+            };
+            best_is_ema = is_ema;
             improved = !value.is_nan()
                 && match &self.best {
                     None => true,
-                    Some(b) if s.best_metric.maximize() => value > b.value,
-                    Some(b) => value < b.value,
+                    Some(b) => better(value, b.value),
                 };
             if improved {
-                self.best = Some(Best { epoch: epoch + 1, value });
+                self.best = Some(Best { epoch: epoch + 1, value, ema: is_ema });
             }
         }
-        let vm = val.map(|(_, m)| m);
+        let (vm, em) = (val.raw.as_ref().map(|(_, m)| m), val.ema.as_ref().map(|(_, m)| m));
         let row = HistoryRow {
             epoch: epoch + 1,
             lr: train.lr,
@@ -768,27 +853,46 @@ impl<'a> Trainer<'a> {
             val_macro_acc: vm.map_or(f64::NAN, |m| m.macro_acc),
             train_images_per_s: train.images as f64 / train.seconds.max(1e-9),
             seconds: started.elapsed().as_secs_f64(),
+            ema_val_loss: em.and_then(|m| m.loss).unwrap_or(f64::NAN),
+            ema_val_top1: em.map_or(f64::NAN, |m| m.top1),
+            ema_val_top5: em.map_or(f64::NAN, |m| m.top5),
+            ema_val_macro_acc: em.map_or(f64::NAN, |m| m.macro_acc),
         };
         self.history.push(row.clone());
 
-        let ck = match vm {
+        let raw_info = match vm {
             Some(m) => info(epoch + 1, m),
             None => train_info(epoch + 1, train.loss, train.acc),
         };
+        let ema_info = self.ema.as_ref().map(|_| CheckpointInfo {
+            ema: true,
+            ..match em {
+                Some(m) => info(epoch + 1, m),
+                // No validation: the training numbers are the trained weights', not the average's.
+                None => CheckpointInfo { epoch: epoch + 1, ..Default::default() },
+            }
+        });
         // Rank 0 alone writes the run directory; every rank keeps the same state.
         if self.comm.leads() {
-            self.write_commit(&ck, improved, val)?;
+            let best = if best_is_ema { (ema_info.as_ref().unwrap_or(&raw_info), val.ema.as_ref()) } else { (&raw_info, val.raw.as_ref()) };
+            self.write_commit(&raw_info, ema_info.as_ref(), improved.then_some(best))?;
         }
         self.epoch += 1;
         Ok((row, improved))
     }
 
-    /// The files of [`commit`](Self::commit), written in one atomic commit.
-    fn write_commit(&self, ck: &CheckpointInfo, improved: bool, val: Option<&Validation>) -> Result<()> {
+    /// The files of [`commit`](Self::commit), written in one atomic commit: `last.*` (the
+    /// trained weights), `ema.*` (their average), and `best.*` when `best` is given (its info
+    /// says which weights, and its validation gives the confusion and per-class tables).
+    fn write_commit(&self, last: &CheckpointInfo, ema: Option<&CheckpointInfo>, best: Option<(&CheckpointInfo, Option<&Validation>)>) -> Result<()> {
         let (cfg, epoch) = (self.cfg, self.epoch);
         let mut commit = Commit::new(&self.dir);
-        if improved {
-            model::save_safetensors(&self.vs, &commit.path("best.safetensors"))?;
+        if let Some((ck, val)) = best {
+            let vs = match (&self.ema, ck.ema) {
+                (Some(e), true) => &e.vs,
+                _ => &self.vs,
+            };
+            model::save_safetensors(vs, &commit.path("best.safetensors"))?;
             commit.add("best.safetensors");
             commit.bytes("best.json", serde_json::to_string_pretty(ck)?.as_bytes())?;
             if let Some((acc, _)) = val {
@@ -798,8 +902,14 @@ impl<'a> Trainer<'a> {
         }
         model::save_safetensors(&self.vs, &commit.path("last.safetensors"))?;
         commit.add("last.safetensors");
+        if let (Some(e), Some(ck)) = (&self.ema, ema) {
+            let name = Checkpoint::Ema.name();
+            model::save_safetensors(&e.vs, &commit.path(&format!("{name}.safetensors")))?;
+            commit.add(&format!("{name}.safetensors"));
+            commit.bytes(&format!("{name}.json"), serde_json::to_string_pretty(ck)?.as_bytes())?;
+        }
         commit.tensors(LAST_STATE_TENSORS, &self.opt.state_tensors())?;
-        commit.bytes("last.json", serde_json::to_string_pretty(ck)?.as_bytes())?;
+        commit.bytes("last.json", serde_json::to_string_pretty(last)?.as_bytes())?;
         commit.bytes(HISTORY, &files::history_csv(&self.history)?)?;
         let state = self.resume_state(epoch + 1);
         commit.bytes(LAST_STATE_JSON, serde_json::to_string_pretty(&state)?.as_bytes())?;
@@ -812,10 +922,18 @@ impl<'a> Trainer<'a> {
     /// The epoch's summary line, and the report pictures when asked for.
     fn print_epoch(&self, row: &HistoryRow, improved: bool, validated: bool, failed: usize) {
         let log = &self.out.log;
-        let val_part = if validated {
+        let mut val_part = if validated {
             format!(" | val loss {:.4} top1 {:.4} top5 {:.4} macro {:.4}", row.val_loss, row.val_top1, row.val_top5, row.val_macro_acc)
         } else {
             String::new()
+        };
+        if validated && self.ema.is_some() {
+            val_part += &format!(" | ema loss {:.4} top1 {:.4} macro {:.4}", row.ema_val_loss, row.ema_val_top1, row.ema_val_macro_acc);
+        }
+        let best_mark = match &self.best {
+            Some(b) if improved && validated && b.ema => " *best (ema)*",
+            _ if improved && validated => " *best*",
+            _ => "",
         };
         log.info(&format!(
             "epoch {}/{} lr {:.3e} | train loss {:.4} acc {:.4}{val_part} | {:.1} img/s {:.1}s{}",
@@ -826,7 +944,7 @@ impl<'a> Trainer<'a> {
             row.train_acc,
             row.train_images_per_s,
             row.seconds,
-            if improved && validated { " *best*" } else { "" }
+            best_mark
         ));
         if failed > 0 {
             log.warn(&format!("warning: {failed} training image(s) could not be loaded this epoch"));

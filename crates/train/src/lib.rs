@@ -24,6 +24,7 @@ use sorbier::transforms::{Augment, Preprocess};
 
 pub mod amp;
 pub mod dist;
+pub mod ema;
 pub mod guard;
 mod fit;
 pub mod interrupt;
@@ -31,13 +32,16 @@ pub mod model;
 pub mod files;
 pub mod loss;
 pub mod malloc;
+pub mod mixup;
 pub mod multi_tensor;
 pub mod optim;
 /// The learning-rate schedules: torch-free, in the core ([`sorbier::schedule`]).
 pub use sorbier::schedule;
 
 pub use fit::{train_run, Log, Output, Trainer};
+use ema::EmaConfig;
 use loss::ClassWeights;
+use mixup::MixupConfig;
 use optim::OptimConfig;
 use schedule::{ScheduleConfig, ScheduleKind};
 
@@ -130,6 +134,14 @@ pub struct TrainSettings {
     /// layout). Absent from runs recorded before it existed: off.
     #[serde(default)]
     pub channels_last: bool,
+    /// An exponential moving average of the weights (timm's ModelEmaV3). Absent from runs
+    /// recorded before it existed: off.
+    #[serde(default)]
+    pub model_ema: Option<EmaConfig>,
+    /// Mixup / CutMix with soft targets (timm's Mixup). Absent from runs recorded before it
+    /// existed: off.
+    #[serde(default)]
+    pub mixup: Option<MixupConfig>,
     /// Training drops a final incomplete batch (a batch of one breaks BatchNorm).
     pub drop_last: bool,
     /// Runtime choices of the first run, for the record (resume may change them).

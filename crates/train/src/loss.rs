@@ -42,6 +42,14 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, weight: Option<&Tensor>,
     logits.cross_entropy_loss(targets, weight, Reduction::Mean, -100, label_smoothing)
 }
 
+/// Mean cross-entropy of `logits` (N×C) against probability targets (N×C, each row summing
+/// to one, label smoothing already inside them): `−Σ_c w_c·t_c·log p_c` averaged over the
+/// batch — timm's `SoftTargetCrossEntropy` when `weight` is `None`, PyTorch's
+/// `F.cross_entropy(weight=w)` for probability targets otherwise.
+pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor, weight: Option<&Tensor>) -> Tensor {
+    logits.cross_entropy_loss(targets, weight, Reduction::Mean, -100, 0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +70,25 @@ mod tests {
         let near = class_weights(ClassWeights::Effective, &[400, 100, 20], 1.0 - 1e-9).unwrap();
         assert!(near.iter().zip(&inv).all(|(a, b)| (a - b).abs() < 1e-4), "{near:?} {inv:?}");
         assert!(class_weights(ClassWeights::None, &[1], 0.9).is_none());
+    }
+
+    #[test]
+    fn soft_targets_are_timms_soft_target_cross_entropy_and_one_hot_is_the_hard_loss() {
+        let logits = Tensor::from_slice(&[1.0f32, -0.5, 2.0, 0.3, 0.0, -1.0]).view([2, 3]);
+        let t = Tensor::from_slice(&[0.7f32, 0.3, 0.0, 0.1, 0.1, 0.8]).view([2, 3]);
+        // timm: torch.sum(-target * F.log_softmax(x, dim=-1), dim=-1).mean()
+        let want = (-(&t * logits.log_softmax(-1, tch::Kind::Float))).sum_dim_intlist(-1, false, tch::Kind::Float).mean(tch::Kind::Float);
+        let got = soft_cross_entropy(&logits, &t, None);
+        assert!((got.double_value(&[]) - want.double_value(&[])).abs() < 1e-6);
+        // Class weights weigh each class's share; the mean divides by the batch size.
+        let w = Tensor::from_slice(&[2.0f32, 1.0, 0.5]);
+        let wt = &t * w.view([1, 3]);
+        let want_w = (-(&wt * logits.log_softmax(-1, tch::Kind::Float))).sum_dim_intlist(-1, false, tch::Kind::Float).mean(tch::Kind::Float);
+        assert!((soft_cross_entropy(&logits, &t, Some(&w)).double_value(&[]) - want_w.double_value(&[])).abs() < 1e-6);
+        // One-hot targets: the hard-label loss (unweighted).
+        let y = Tensor::from_slice(&[2i64, 0]);
+        let one_hot = Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu)).scatter_value(1, &y.view([-1, 1]), 1.0);
+        let hard = cross_entropy(&logits, &y, None, 0.0).double_value(&[]);
+        assert!((soft_cross_entropy(&logits, &one_hot, None).double_value(&[]) - hard).abs() < 1e-6);
     }
 }

@@ -54,6 +54,7 @@ extern "C" {
         total_out: *mut *mut c_void,
     ) -> *mut c_char;
     fn sorbier_clip_grad_value(grads: *const *mut c_void, n: c_int, clip: f64) -> *mut c_char;
+    fn sorbier_foreach_lerp(ema: *const *mut c_void, model: *const *mut c_void, n: c_int, weight: f64) -> *mut c_char;
 }
 
 /// The C++ objects behind tch tensors. The kernels mutate them in place, which is what the
@@ -226,6 +227,16 @@ pub fn clip_grad_value(grads: &[&Tensor], clip: f64) -> Result<()> {
     // SAFETY: as in `fused_adam`.
     let e = unsafe { sorbier_clip_grad_value(g.as_ptr(), count(g.len())?, clip) };
     check(e, "clipping the gradient values")
+}
+
+/// `torch._foreach_lerp_(ema, model, weight)`: `ema += weight · (model − ema)` for every
+/// pair, in place — the update of timm's `ModelEmaV3` (`weight = 1 − decay`).
+pub fn foreach_lerp(ema: &[&Tensor], model: &[&Tensor], weight: f64) -> Result<()> {
+    same_len("EMA update", ema.len(), &[model.len()])?;
+    let (e, m) = (ptrs(ema)?, ptrs(model)?);
+    // SAFETY: as in `fused_adam`.
+    let err = unsafe { sorbier_foreach_lerp(e.as_ptr(), m.as_ptr(), count(e.len())?, weight) };
+    check(err, "EMA update")
 }
 
 #[cfg(test)]

@@ -187,7 +187,7 @@ fn run_dir(dir: &Path, size: usize) {
     };
     config.save(dir).unwrap();
     save_safetensors(&vs, &Checkpoint::Best.weights(dir)).unwrap();
-    let info = CheckpointInfo { epoch: 1, metrics: BTreeMap::from([("top1".to_string(), 0.75)]) };
+    let info = CheckpointInfo { epoch: 1, metrics: BTreeMap::from([("top1".to_string(), 0.75)]), ema: false };
     std::fs::write(Checkpoint::Best.info(dir), serde_json::to_string(&info).unwrap()).unwrap();
 }
 

@@ -122,7 +122,7 @@ fn make_run(dir: &Path, arch: Arch, dropout: f64, seed: i64) -> (nn::VarStore, N
     };
     config.save(dir).unwrap();
     save_safetensors(&vs, &Checkpoint::Best.weights(dir)).unwrap();
-    let info = CheckpointInfo { epoch: 1, metrics: BTreeMap::from([("val_acc".to_string(), 0.5)]) };
+    let info = CheckpointInfo { epoch: 1, metrics: BTreeMap::from([("val_acc".to_string(), 0.5)]), ema: false };
     std::fs::write(Checkpoint::Best.info(dir), serde_json::to_string(&info).unwrap()).unwrap();
     (vs, model, x)
 }

@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use sorbier::arch::Arch;
 use sorbier::data::split::SplitSpec;
 use sorbier::transforms::{Augment, Preprocess};
+use sorbier_train::ema::EmaConfig;
+use sorbier_train::mixup::MixupConfig;
 use sorbier_train::interrupt::{Interrupted, Interrupter, EXIT_INTERRUPTED};
 use sorbier_train::model::pretrained::{self, Pretrained};
 use sorbier_train::loss::ClassWeights;
@@ -226,6 +228,31 @@ pub struct TrainArgs {
     /// Train on the eval resize + center crop instead of RandomResizedCrop.
     #[arg(long)]
     pub no_random_resized_crop: bool,
+    /// Keep an exponential moving average of the weights with this decay (timm's ModelEmaV3;
+    /// 0.998–0.9999 as timm uses it): validated beside the raw weights every epoch, the better of
+    /// the two is the best checkpoint (best.json says which), `--checkpoint ema` exports it.
+    #[arg(long)]
+    pub model_ema: Option<f64>,
+    /// A constant EMA decay from the second step instead of timm's warmup
+    /// `min(decay, 1 − (1 + step)^(−2/3))` (which short fine-tuning runs need).
+    #[arg(long, requires = "model_ema")]
+    pub no_model_ema_warmup: bool,
+    /// Mixup: mix each batch with itself reversed by λ ~ Beta(ALPHA, ALPHA), with soft
+    /// targets (timm's Mixup, batch mode); 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub mixup: f64,
+    /// CutMix: paste a box of the reversed batch, area 1 − λ, λ ~ Beta(ALPHA, ALPHA); 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub cutmix: f64,
+    /// Probability that a batch is mixed (mixup or CutMix).
+    #[arg(long, default_value_t = 1.0)]
+    pub mixup_prob: f64,
+    /// Probability of CutMix rather than mixup when both are on.
+    #[arg(long, default_value_t = 0.5)]
+    pub mixup_switch_prob: f64,
+    /// Stop mixing from this epoch on (0-based, as timm: 10 mixes epochs 1–10); default: never.
+    #[arg(long)]
+    pub mixup_off_epoch: Option<usize>,
     /// Stop each epoch after this many steps (smoke tests, benchmarks).
     #[arg(long)]
     pub max_steps_per_epoch: Option<usize>,
@@ -270,6 +297,20 @@ impl TrainArgs {
         if self.schedule == ScheduleKind::Cosine && !(self.warmup_start_factor > 0.0 && self.warmup_start_factor <= 1.0) {
             bail!("--warmup-start-factor must be in (0, 1]");
         }
+        let model_ema = self.model_ema.map(|decay| EmaConfig { decay, warmup: !self.no_model_ema_warmup });
+        if let Some(e) = &model_ema {
+            e.check()?;
+        }
+        let mixup = (self.mixup != 0.0 || self.cutmix != 0.0).then_some(MixupConfig {
+            mixup_alpha: self.mixup,
+            cutmix_alpha: self.cutmix,
+            prob: self.mixup_prob,
+            switch_prob: self.mixup_switch_prob,
+            off_epoch: self.mixup_off_epoch,
+        });
+        if let Some(m) = &mixup {
+            m.check()?;
+        }
         let mut optimizer = OptimConfig::new(self.optimizer);
         optimizer.weight_decay = self.weight_decay;
         optimizer.momentum = if self.optimizer == OptimizerKind::Sgd { self.momentum } else { 0.0 };
@@ -307,6 +348,8 @@ impl TrainArgs {
             amp: self.amp,
             amp_dtype: self.amp_dtype,
             channels_last: self.channels_last,
+            model_ema,
+            mixup,
             drop_last: true,
             runtime: Runtime::choose(self.workers, self.threads, self.device.clone(), None),
         })
