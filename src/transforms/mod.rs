@@ -1,16 +1,20 @@
 //! Preprocessing, one module for every stage: decoding (`decode`), the deterministic eval
 //! transform (`eval`: resize shorter side → center crop → normalise, as torchvision's
-//! `Resize + CenterCrop + ToTensor + Normalize`), and the training augmentations (`augment`).
+//! `Resize + CenterCrop + ToTensor + Normalize`), the training augmentations (`augment`) and the
+//! automatic augmentation policies they can run (`auto_augment`: timm's RandAugment, torchvision's
+//! TrivialAugmentWide).
 //!
 //! The parameters are serde structs: training records them in `config.json`, export copies
 //! them into the ONNX metadata, and the predictor reads them back from there.
 use serde::{Deserialize, Serialize};
 
 pub mod augment;
+pub mod auto_augment;
 pub mod decode;
 pub mod eval;
 
 pub use augment::{train_into, Augment};
+pub use auto_augment::{AutoAugment, RandAugment};
 pub use decode::{decode_rgb, decode_rgb_limited, load_rgb, DEFAULT_MAX_PIXELS};
 pub use eval::{eval_into, eval_tensor_len};
 
