@@ -3,7 +3,8 @@
 //! - the EMA update against `timm.utils.ModelEmaV3.update` on every state-dict entry of a
 //!   ResNet-18 (torchvision's names, BatchNorm statistics included), with and without warmup;
 //! - mixup and CutMix images and soft targets against `timm.data.Mixup` for a fixed λ and box;
-//! - `trainer train --model-ema --mixup --cutmix` on the real flowers photos: the EMA is
+//! - `trainer train --model-ema --mixup --cutmix --auto-augment --reprob` on the real flowers
+//!   photos: the EMA is
 //!   validated beside the raw weights, the better is `best.*` and says so, `--checkpoint ema`
 //!   exports it, and `--resume` (after an epoch, and after SIGINT inside one) gives the
 //!   uninterrupted run's weights *and* average, bit for bit.
@@ -142,12 +143,14 @@ fn flowers() -> PathBuf {
     root().join("../shared/data/flowers/train")
 }
 
-/// ResNet-18 at 32 px, 4 steps of 12 images per epoch, with EMA, mixup and CutMix.
+/// ResNet-18 at 32 px, 4 steps of 12 images per epoch, with EMA, mixup, CutMix, RandAugment
+/// and random erasing.
 fn args(out: &Path, epochs: usize, steps: usize, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = ["train", flowers().to_str().unwrap(), "--out", out.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
     let rest = [
         "--arch", "resnet18", "--image-size", "32", "--batch-size", "12", "--workers", "2", "--threads", "1", "--seed", "4", "--quiet", "--no-report",
-        "--model-ema", "0.99", "--mixup", "0.4", "--cutmix", "1.0", "--label-smoothing", "0.1",
+        "--model-ema", "0.99", "--mixup", "0.4", "--cutmix", "1.0", "--label-smoothing", "0.1", "--auto-augment", "rand-m9-mstd0.5",
+        "--reprob", "0.25",
     ];
     a.extend(rest.iter().map(|s| s.to_string()));
     a.extend(["--epochs".into(), epochs.to_string(), "--max-steps-per-epoch".into(), steps.to_string()]);
@@ -179,6 +182,9 @@ fn ema_is_validated_beside_the_weights_picked_when_better_exported_and_resumed_e
     let out = ok(&args(&reference, 3, 4, &[]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("| ema loss"), "{stdout}");
+    let cfg = sorbier::run::RunConfig::load(&reference).unwrap();
+    assert_eq!(cfg.augment.auto_augment.map(|a| a.to_string()).as_deref(), Some("rand-m9-mstd0.5"));
+    assert_eq!(cfg.augment.reprob, 0.25);
     let history = read_history(&reference.join("history.csv")).unwrap();
     assert_eq!(history.len(), 3);
     assert!(history.iter().all(|r| r.ema_val_top1.is_finite() && r.val_top1.is_finite()));
@@ -268,6 +274,8 @@ fn bad_toolbox_settings_are_clear_errors() {
         (&["--model-ema", "1.5"][..], "--model-ema 1.5"),
         (&["--mixup", "nan"][..], "--mixup NaN"),
         (&["--cutmix", "1", "--mixup-prob", "2"][..], "--mixup-prob 2"),
+        (&["--reprob", "1.5"][..], "--reprob 1.5"),
+        (&["--auto-augment", "rand-m9-q3"][..], "rand-m9-q3"),
     ] {
         let mut a = args(&dir.path().join("x"), 1, 1, &[]);
         // Replace the recipe's own values by the bad ones.

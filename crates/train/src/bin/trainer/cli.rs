@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use sorbier::arch::Arch;
 use sorbier::data::split::SplitSpec;
-use sorbier::transforms::{Augment, Preprocess};
+use sorbier::transforms::{Augment, AutoAugment, Preprocess};
 use sorbier_train::ema::EmaConfig;
 use sorbier_train::mixup::MixupConfig;
 use sorbier_train::interrupt::{Interrupted, Interrupter, EXIT_INTERRUPTED};
@@ -228,6 +228,15 @@ pub struct TrainArgs {
     /// Train on the eval resize + center crop instead of RandomResizedCrop.
     #[arg(long)]
     pub no_random_resized_crop: bool,
+    /// Automatic augmentation on the 8-bit image, after the crop and flips: a timm RandAugment
+    /// string (`rand-m9-mstd0.5`, `rand-m9-n2-mstd0.5-inc1`, …) or `ta-wide`
+    /// (torchvision's TrivialAugmentWide).
+    #[arg(long)]
+    pub auto_augment: Option<AutoAugment>,
+    /// Random erasing probability (timm's RandomErasing, per-pixel normal noise in one box of
+    /// 2–33 % of the image); 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub reprob: f32,
     /// Keep an exponential moving average of the weights with this decay (timm's ModelEmaV3;
     /// 0.998–0.9999 as timm uses it): validated beside the raw weights every epoch, the better of
     /// the two is the best checkpoint (best.json says which), `--checkpoint ema` exports it.
@@ -296,6 +305,9 @@ impl TrainArgs {
         }
         if self.schedule == ScheduleKind::Cosine && !(self.warmup_start_factor > 0.0 && self.warmup_start_factor <= 1.0) {
             bail!("--warmup-start-factor must be in (0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.reprob) {
+            bail!("--reprob {} is not a probability", self.reprob);
         }
         let model_ema = self.model_ema.map(|decay| EmaConfig { decay, warmup: !self.no_model_ema_warmup });
         if let Some(e) = &model_ema {
@@ -435,6 +447,8 @@ impl TrainArgs {
             rot90: self.rot90,
             blur_sigma: self.blur_sigma,
             color_jitter: self.color_jitter,
+            auto_augment: self.auto_augment.clone(),
+            reprob: self.reprob,
             ..Augment::default()
         }
     }
