@@ -604,17 +604,11 @@ fn grey(p: &[u8]) -> u8 {
     ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
-/// `Image.blend(im1, im2, alpha)` for one value: `in1 + α·(in2 − in1)` in f32, clamped, truncated.
+/// `Image.blend(im1, im2, alpha)` for one value: `in1 + α·(in2 − in1)` in f32, clamped to
+/// [0, 255] and truncated — which is exactly Rust's saturating `as u8`.
 #[inline]
 fn blend(in1: u8, in2: u8, alpha: f32) -> u8 {
-    let t = in1 as f32 + alpha * (in2 as i32 - in1 as i32) as f32;
-    if t <= 0.0 {
-        0
-    } else if t >= 255.0 {
-        255
-    } else {
-        t as u8
-    }
+    (in1 as f32 + alpha * (in2 as f32 - in1 as f32)) as u8
 }
 
 fn apply_lut(img: &mut [u8], lut: &[u8; 256]) {
@@ -677,6 +671,7 @@ fn equalize_lut(h: &[u64; 256]) -> [u8; 256] {
 /// `ImageEnhance.Sharpness(img).enhance(alpha)` into `dst`: blend of the `SMOOTH`-filtered image
 /// (f32 kernel 1/13 and 5/13 with 0.5 added for rounding, as libImaging's `ImagingFilter3x3`
 /// sums it) with the image; the one-pixel border, which the filter copies, stays as it is.
+/// Rows are converted to f32 once and the sums run over whole rows, in Pillow's order.
 fn sharpness(src: &[u8], n: usize, alpha: f32, dst: &mut Vec<u8>) {
     dst.clear();
     dst.extend_from_slice(src);
@@ -685,25 +680,30 @@ fn sharpness(src: &[u8], n: usize, alpha: f32, dst: &mut Vec<u8>) {
     }
     let (k1, k5) = (1.0f32 / 13.0, 5.0f32 / 13.0);
     let stride = n * 3;
+    let to_f32 = |y: usize| -> Vec<f32> { src[y * stride..(y + 1) * stride].iter().map(|v| *v as f32).collect() };
+    let (mut up, mut row) = (to_f32(0), to_f32(1));
+    let mut smooth = vec![0f32; stride - 6];
+    // One row's 1×3 sums for the interior values: neighbours at ±3 bytes (the same channel).
+    fn line(r: &[f32], k1: f32, kc: f32) -> impl Iterator<Item = f32> + '_ {
+        let len = r.len() - 6;
+        r[..len].iter().zip(&r[3..len + 3]).zip(&r[6..]).map(move |((a, b), c)| a * k1 + b * kc + c * k1)
+    }
     for y in 1..n - 1 {
-        let (up, row, down) = (&src[(y - 1) * stride..y * stride], &src[y * stride..(y + 1) * stride], &src[(y + 1) * stride..(y + 2) * stride]);
-        let out = &mut dst[y * stride..(y + 1) * stride];
-        for i in 3..stride - 3 {
-            let line = |r: &[u8], kc: f32| r[i - 3] as f32 * k1 + r[i] as f32 * kc + r[i + 3] as f32 * k1;
-            // Pillow's order: offset, then the row below, the row, the row above.
+        let down = to_f32(y + 1);
+        // Pillow's order: offset, then the row below, the row, the row above.
+        for (((s, d), r), u) in smooth.iter_mut().zip(line(&down, k1, k1)).zip(line(&row, k1, k5)).zip(line(&up, k1, k1)) {
             let mut ss = 0.5f32;
-            ss += line(down, k1);
-            ss += line(row, k5);
-            ss += line(up, k1);
-            let smooth = if ss <= 0.0 {
-                0
-            } else if ss >= 255.0 {
-                255
-            } else {
-                ss as u8
-            };
-            out[i] = blend(smooth, row[i], alpha);
+            ss += d;
+            ss += r;
+            ss += u;
+            *s = ss;
         }
+        let out = &mut dst[y * stride + 3..(y + 1) * stride - 3];
+        for ((o, ss), v) in out.iter_mut().zip(&smooth).zip(&src[y * stride + 3..(y + 1) * stride - 3]) {
+            // clip8: ≤ 0 → 0, ≥ 255 → 255, else truncated: the saturating cast.
+            *o = blend(*ss as u8, *v, alpha);
+        }
+        (up, row) = (row, down);
     }
 }
 
@@ -871,35 +871,45 @@ fn affine_float_nearest(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
     }
 }
 
+/// `floor` for `v ≥ −1` without a libm call (x86-64's baseline has no rounding instruction).
+#[inline]
+fn floor_from_minus_one(v: f64) -> i64 {
+    let t = v as i64; // truncates towards zero
+    t - ((t as f64) > v) as i64
+}
+
 /// libImaging's generic transform with `bilinear_filter32RGB`: the position of each output
-/// pixel centre computed afresh in f64, outside → fill, neighbours clamped to the edge (the row
-/// below repeats when it is outside), interpolated in f64 and truncated.
+/// pixel centre is `m0·x' + m1·y' + m2` in f64 (the products are computed once per column and
+/// per row, the sums per pixel in Pillow's order, so every position is bit for bit Pillow's);
+/// outside → fill; the four neighbours clamped to the edge (a missing row below repeats the
+/// row, which is what Pillow's `v2 = v1` amounts to); interpolated in f64 and truncated.
 fn affine_bilinear(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
     let (size, last) = (n as f64, n as i64 - 1);
     let stride = n * 3;
+    let centre = |i: usize| i as f64 + 0.5;
+    let (col_x, col_y): (Vec<f64>, Vec<f64>) = (0..n).map(|x| (m[0] * centre(x), m[3] * centre(x))).unzip();
     for y in 0..n {
-        let yc = y as f64 + 0.5;
-        for x in 0..n {
-            let xc = x as f64 + 0.5;
-            let xin = m[0] * xc + m[1] * yc + m[2];
-            let yin = m[3] * xc + m[4] * yc + m[5];
+        let (row_x, row_y) = (m[1] * centre(y), m[4] * centre(y));
+        let out_row = &mut dst[y * stride..(y + 1) * stride];
+        for ((out, cx), cy) in out_row.chunks_exact_mut(3).zip(&col_x).zip(&col_y) {
+            let xin = cx + row_x + m[2];
+            let yin = cy + row_y + m[5];
             if !(xin >= 0.0 && xin < size && yin >= 0.0 && yin < size) {
                 continue;
             }
             let (xs, ys) = (xin - 0.5, yin - 0.5);
-            let (fx, fy) = (xs.floor(), ys.floor());
-            let (dx, dy) = (xs - fx, ys - fy);
-            let (ix, iy) = (fx as i64, fy as i64);
-            let c0 = ix.clamp(0, last) as usize * 3;
-            let c1 = (ix + 1).clamp(0, last) as usize * 3;
+            let (ix, iy) = (floor_from_minus_one(xs), floor_from_minus_one(ys));
+            let (dx, dy) = (xs - ix as f64, ys - iy as f64);
+            let (c0, c1) = (ix.clamp(0, last) as usize * 3, (ix + 1).min(last) as usize * 3);
             let r0 = &src[iy.clamp(0, last) as usize * stride..][..stride];
-            let r1 = (iy < last).then(|| &src[(iy + 1) as usize * stride..][..stride]);
-            let o = (y * n + x) * 3;
-            for c in 0..3 {
-                let lerp = |a: u8, b: u8, d: f64| a as f64 + (b as i32 - a as i32) as f64 * d;
-                let v1 = lerp(r0[c0 + c], r0[c1 + c], dx);
-                let v2 = r1.map_or(v1, |r1| lerp(r1[c0 + c], r1[c1 + c], dx));
-                dst[o + c] = (v1 + (v2 - v1) * dy) as u8;
+            let r1 = &src[(iy + 1).min(last) as usize * stride..][..stride];
+            for (c, o) in out.iter_mut().enumerate() {
+                let lerp = |r: &[u8]| {
+                    let (a, b) = (r[c0 + c] as f64, r[c1 + c] as f64);
+                    a + (b - a) * dx
+                };
+                let (v1, v2) = (lerp(r0), lerp(r1));
+                *o = (v1 + (v2 - v1) * dy) as u8;
             }
         }
     }
