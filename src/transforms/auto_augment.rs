@@ -27,7 +27,7 @@
 //! bins (torch's float32 `linspace` values), a random sign for the signed ops.
 //!
 //! Two deliberate departures, both where the reference would fail or be ambiguous: timm's
-//! `posterize` with 0 bits kept (magnitude < 2.5, or 10 with `inc1`) raises in Pillow ≥ 11 and
+//! `posterize` with 0 bits kept (magnitude < 2.5, or 10 with `inc1`) raises in current Pillow (13) and
 //! gives a black image in older Pillow and in TensorFlow's RandAugment — here it is black; and
 //! strings timm silently ignores or misreads (a section without a number, `inc0`, which timm
 //! reads as *on*) are refused with a message.
@@ -747,7 +747,6 @@ fn round15(x: f64) -> f64 {
 
 /// `Image.transpose(ROTATE_90 · k)`: k counter-clockwise quarter turns of the square into `dst`.
 fn rotate_quarter_turns(src: &[u8], n: usize, k: u8, dst: &mut Vec<u8>) {
-    dst.clear();
     dst.resize(src.len(), 0);
     let m = n - 1;
     for y in 0..n {
@@ -766,23 +765,21 @@ fn rotate_quarter_turns(src: &[u8], n: usize, k: u8, dst: &mut Vec<u8>) {
 
 /// `Image.transform(size, AFFINE, m, resample, fillcolor=fill)` of the square into `dst`:
 /// output pixel (x, y) samples the input at `(m0·x' + m1·y' + m2, m3·x' + m4·y' + m5)` with
-/// `x' = x + ½`, `y' = y + ½`, as libImaging's `ImagingTransformAffine` picks its path.
+/// `x' = x + ½`, `y' = y + ½`, as libImaging's `ImagingTransformAffine` picks its path. Every
+/// output pixel is written once: the sample, or `fill` where the position falls outside.
 fn transform_affine(src: &[u8], n: usize, m: [f64; 6], resample: Resample, fill: [u8; 3], dst: &mut Vec<u8>) {
-    dst.clear();
+    // Only a new scratch buffer is initialised here; each path writes every pixel.
     dst.resize(src.len(), 0);
-    for p in dst.chunks_exact_mut(3) {
-        p.copy_from_slice(&fill);
-    }
     match resample {
-        Resample::Bilinear => affine_bilinear(src, n, m, dst),
-        Resample::Nearest if m[1] == 0.0 && m[3] == 0.0 => affine_scale_nearest(src, n, m, dst),
+        Resample::Bilinear => affine_bilinear(src, n, m, fill, dst),
+        Resample::Nearest if m[1] == 0.0 && m[3] == 0.0 => affine_scale_nearest(src, n, m, fill, dst),
         Resample::Nearest => {
             let fits = |x: f64, y: f64| (x * m[0] + y * m[1] + m[2]).abs() < 32768.0 && (x * m[3] + y * m[4] + m[5]).abs() < 32768.0;
             let s = n as f64;
             if fits(0.0, 0.0) && fits(s, s) && fits(0.0, s) && fits(s, 0.0) {
-                affine_fixed_nearest(src, n, m, dst)
+                affine_fixed_nearest(src, n, m, fill, dst)
             } else {
-                affine_float_nearest(src, n, m, dst)
+                affine_float_nearest(src, n, m, fill, dst)
             }
         }
     }
@@ -798,34 +795,35 @@ fn coord(v: f64) -> i64 {
     }
 }
 
+/// Output pixel `o` (byte offset) = input pixel (`sx`, `sy`) when inside the image, else `fill`.
 #[inline]
-fn copy_px(src: &[u8], n: usize, sx: usize, sy: usize, dst: &mut [u8], o: usize) {
-    let s = (sy * n + sx) * 3;
-    dst[o..o + 3].copy_from_slice(&src[s..s + 3]);
+fn put_px(src: &[u8], n: usize, sx: i64, sy: i64, fill: &[u8; 3], dst: &mut [u8], o: usize) {
+    let size = n as i64;
+    if (0..size).contains(&sx) && (0..size).contains(&sy) {
+        let s = (sy as usize * n + sx as usize) * 3;
+        dst[o..o + 3].copy_from_slice(&src[s..s + 3]);
+    } else {
+        dst[o..o + 3].copy_from_slice(fill);
+    }
 }
 
 /// `ImagingScaleAffine` (nearest, no rotation or shear): positions accumulated per step.
-fn affine_scale_nearest(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
+fn affine_scale_nearest(src: &[u8], n: usize, m: [f64; 6], fill: [u8; 3], dst: &mut [u8]) {
     let mut yo = m[5] + m[4] * 0.5;
     for y in 0..n {
         let yi = coord(yo);
         yo += m[4];
-        if yi < 0 || yi >= n as i64 {
-            continue;
-        }
         let mut xo = m[2] + m[0] * 0.5;
         for x in 0..n {
             let xi = coord(xo);
             xo += m[0];
-            if xi >= 0 && xi < n as i64 {
-                copy_px(src, n, xi as usize, yi as usize, dst, (y * n + x) * 3);
-            }
+            put_px(src, n, xi, yi, &fill, dst, (y * n + x) * 3);
         }
     }
 }
 
 /// `affine_fixed`: nearest neighbour in 16.16 fixed point, increments accumulated exactly.
-fn affine_fixed_nearest(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
+fn affine_fixed_nearest(src: &[u8], n: usize, m: [f64; 6], fill: [u8; 3], dst: &mut [u8]) {
     let fix = |v: f64| {
         let t = v * 65536.0 + 0.5;
         if t < 0.0 {
@@ -836,14 +834,10 @@ fn affine_fixed_nearest(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
     };
     let (a0, a1, a3, a4) = (fix(m[0]), fix(m[1]), fix(m[3]), fix(m[4]));
     let (mut a2, mut a5) = (fix(m[2] + m[0] * 0.5 + m[1] * 0.5), fix(m[5] + m[3] * 0.5 + m[4] * 0.5));
-    let size = n as i64;
     for y in 0..n {
         let (mut xx, mut yy) = (a2, a5);
         for x in 0..n {
-            let (xi, yi) = (xx >> 16, yy >> 16);
-            if xi >= 0 && xi < size && yi >= 0 && yi < size {
-                copy_px(src, n, xi as usize, yi as usize, dst, (y * n + x) * 3);
-            }
+            put_px(src, n, xx >> 16, yy >> 16, &fill, dst, (y * n + x) * 3);
             xx += a0;
             yy += a3;
         }
@@ -853,16 +847,12 @@ fn affine_fixed_nearest(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
 }
 
 /// libImaging's floating-point nearest affine, for matrices too large for 16.16.
-fn affine_float_nearest(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
+fn affine_float_nearest(src: &[u8], n: usize, m: [f64; 6], fill: [u8; 3], dst: &mut [u8]) {
     let (mut xo, mut yo) = (m[2] + m[1] * 0.5 + m[0] * 0.5, m[5] + m[4] * 0.5 + m[3] * 0.5);
-    let size = n as i64;
     for y in 0..n {
         let (mut xx, mut yy) = (xo, yo);
         for x in 0..n {
-            let (xi, yi) = (coord(xx), coord(yy));
-            if xi >= 0 && xi < size && yi >= 0 && yi < size {
-                copy_px(src, n, xi as usize, yi as usize, dst, (y * n + x) * 3);
-            }
+            put_px(src, n, coord(xx), coord(yy), &fill, dst, (y * n + x) * 3);
             xx += m[0];
             yy += m[3];
         }
@@ -883,7 +873,7 @@ fn floor_from_minus_one(v: f64) -> i64 {
 /// per row, the sums per pixel in Pillow's order, so every position is bit for bit Pillow's);
 /// outside → fill; the four neighbours clamped to the edge (a missing row below repeats the
 /// row, which is what Pillow's `v2 = v1` amounts to); interpolated in f64 and truncated.
-fn affine_bilinear(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
+fn affine_bilinear(src: &[u8], n: usize, m: [f64; 6], fill: [u8; 3], dst: &mut [u8]) {
     let (size, last) = (n as f64, n as i64 - 1);
     let stride = n * 3;
     let centre = |i: usize| i as f64 + 0.5;
@@ -895,6 +885,7 @@ fn affine_bilinear(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
             let xin = cx + row_x + m[2];
             let yin = cy + row_y + m[5];
             if !(xin >= 0.0 && xin < size && yin >= 0.0 && yin < size) {
+                out.copy_from_slice(&fill);
                 continue;
             }
             let (xs, ys) = (xin - 0.5, yin - 0.5);
