@@ -1,5 +1,6 @@
 //! Loader benchmark: images/s of the train pipeline (decode + RandomResizedCrop 224 + flips +
-//! normalise) and the eval pipeline (decode + Resize 256 + CenterCrop 224 + normalise) through
+//! normalise), the same with timm's RandAugment `rand-m9-mstd0.5` after the flips (`autoaug`),
+//! and the eval pipeline (decode + Resize 256 + CenterCrop 224 + normalise) through
 //! [`sorbier::data::Loader`], over an ImageFolder tree, for several worker counts.
 //!
 //! Prints one line per measurement, `sorbier <pipeline> <workers> <images/s>`, the format
@@ -14,7 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sorbier::data::{Loader, LoaderConfig, Mode};
-use sorbier::transforms::{Augment, Preprocess};
+use sorbier::transforms::{Augment, AutoAugment, Preprocess};
 
 /// Loader throughput, train and eval pipelines, for several worker counts.
 #[derive(Parser)]
@@ -27,6 +28,12 @@ struct Opts {
     workers: Vec<usize>,
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Pipelines to measure, comma-separated: train, autoaug, eval.
+    #[arg(long, value_delimiter = ',', default_values_t = ["train".to_string(), "autoaug".to_string(), "eval".to_string()])]
+    pipelines: Vec<String>,
+    /// The auto-augment policy of the autoaug pipeline.
+    #[arg(long, default_value = "rand-m9-mstd0.5")]
+    auto_augment: AutoAugment,
 }
 
 const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "bmp"];
@@ -70,16 +77,24 @@ fn run(paths: &Arc<[PathBuf]>, labels: &Arc<[i64]>, order: Vec<usize>, mode: Mod
 }
 
 fn main() -> Result<()> {
-    let Opts { data, workers, batch } = Opts::parse();
+    let Opts { data, workers, batch, pipelines, auto_augment } = Opts::parse();
     let (paths, labels) = image_folder(&data)?;
     let n = paths.len();
     let (paths, labels): (Arc<[PathBuf]>, Arc<[i64]>) = (paths.into(), labels.into());
     let p = Preprocess::default();
     // RandomResizedCrop(224) + RandomHorizontalFlip + RandomVerticalFlip.
     let train = Mode::Train { preprocess: p.clone(), augment: Augment::default(), seed: 0 };
+    // The same + RandAugment on the 8-bit crop after the flips (timm's order).
+    let autoaug = Mode::Train { preprocess: p.clone(), augment: Augment { auto_augment: Some(auto_augment), ..Augment::default() }, seed: 0 };
     let eval = Mode::Eval(p);
     eprintln!("{n} images in {}", data.display());
-    for (name, mode) in [("train", train), ("eval", eval)] {
+    for name in &pipelines {
+        let mode = match name.as_str() {
+            "train" => train.clone(),
+            "autoaug" => autoaug.clone(),
+            "eval" => eval.clone(),
+            other => bail!("unknown pipeline {other:?} (train, autoaug, eval)"),
+        };
         for &w in &workers {
             // Warm-up: page cache, thread start-up, allocator.
             run(&paths, &labels, (0..n.min(2 * batch)).collect(), mode.clone(), w, batch)?;

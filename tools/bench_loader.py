@@ -1,7 +1,10 @@
 """Loader benchmark, torchvision side: images/s of the train pipeline (PIL decode +
-RandomResizedCrop(224) + RandomHorizontalFlip + RandomVerticalFlip + ToTensor + Normalize) and
-the eval pipeline (Resize(256) + CenterCrop(224) + ToTensor + Normalize) through a torchvision
-`ImageFolder` and a `DataLoader` (batch 32) with 1 and 2 worker processes.
+RandomResizedCrop(224) + RandomHorizontalFlip + RandomVerticalFlip + ToTensor + Normalize), the
+same with timm's RandAugment after the flips (`autoaug`: `rand_augment_transform('rand-m9-mstd0.5',
+hparams)` with the hparams timm's transforms_factory passes -- translate_const int(224 * 0.45),
+img_mean the rounded ImageNet mean, interpolation BILINEAR) and the eval pipeline (Resize(256) +
+CenterCrop(224) + ToTensor + Normalize) through a torchvision `ImageFolder` and a `DataLoader`
+(batch 32) with 1 and 2 worker processes.
 
 Each measurement iterates the whole set once after a short warm-up (two batches through the
 same persistent workers). Prints `torchvision <pipeline> <workers> <images/s>` lines, like
@@ -16,6 +19,8 @@ import sys
 import time
 
 import torch
+from PIL import Image
+from timm.data.auto_augment import rand_augment_transform
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -29,16 +34,20 @@ def main():
     ap.add_argument("data", nargs="?", default=os.path.join(here, "..", "..", "shared", "data", "flowers", "train"))
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--pipelines", default="train,autoaug,eval")
+    ap.add_argument("--auto-augment", default="rand-m9-mstd0.5")
     args = ap.parse_args()
     torch.manual_seed(0)
     norm = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    crop_flips = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip()]
+    aa_params = dict(translate_const=int(224 * 0.45), img_mean=tuple(min(255, round(255 * x)) for x in MEAN), interpolation=Image.BILINEAR)
     pipelines = {
-        "train": transforms.Compose(
-            [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip()] + norm
-        ),
+        "train": transforms.Compose(crop_flips + norm),
+        "autoaug": transforms.Compose(crop_flips + [rand_augment_transform(args.auto_augment, aa_params)] + norm),
         "eval": transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)] + norm),
     }
-    for name, tf in pipelines.items():
+    for name in args.pipelines.split(","):
+        tf = pipelines[name]
         ds = datasets.ImageFolder(args.data, transform=tf)
         for w in [int(x) for x in args.workers.split(",")]:
             dl = DataLoader(ds, batch_size=args.batch, shuffle=False, num_workers=w, persistent_workers=True)

@@ -27,7 +27,7 @@
 //! bins (torch's float32 `linspace` values), a random sign for the signed ops.
 //!
 //! Two deliberate departures, both where the reference would fail or be ambiguous: timm's
-//! `posterize` with 0 bits kept (magnitude < 2.5, or 10 with `inc1`) raises in Pillow ≥ 11 and
+//! `posterize` with 0 bits kept (magnitude < 2.5, or 10 with `inc1`) raises in current Pillow (13) and
 //! gives a black image in older Pillow and in TensorFlow's RandAugment — here it is black; and
 //! strings timm silently ignores or misreads (a section without a number, `inc0`, which timm
 //! reads as *on*) are refused with a message.
@@ -604,17 +604,11 @@ fn grey(p: &[u8]) -> u8 {
     ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
-/// `Image.blend(im1, im2, alpha)` for one value: `in1 + α·(in2 − in1)` in f32, clamped, truncated.
+/// `Image.blend(im1, im2, alpha)` for one value: `in1 + α·(in2 − in1)` in f32, clamped to
+/// [0, 255] and truncated — which is exactly Rust's saturating `as u8`.
 #[inline]
 fn blend(in1: u8, in2: u8, alpha: f32) -> u8 {
-    let t = in1 as f32 + alpha * (in2 as i32 - in1 as i32) as f32;
-    if t <= 0.0 {
-        0
-    } else if t >= 255.0 {
-        255
-    } else {
-        t as u8
-    }
+    (in1 as f32 + alpha * (in2 as f32 - in1 as f32)) as u8
 }
 
 fn apply_lut(img: &mut [u8], lut: &[u8; 256]) {
@@ -677,6 +671,7 @@ fn equalize_lut(h: &[u64; 256]) -> [u8; 256] {
 /// `ImageEnhance.Sharpness(img).enhance(alpha)` into `dst`: blend of the `SMOOTH`-filtered image
 /// (f32 kernel 1/13 and 5/13 with 0.5 added for rounding, as libImaging's `ImagingFilter3x3`
 /// sums it) with the image; the one-pixel border, which the filter copies, stays as it is.
+/// Rows are converted to f32 once and the sums run over whole rows, in Pillow's order.
 fn sharpness(src: &[u8], n: usize, alpha: f32, dst: &mut Vec<u8>) {
     dst.clear();
     dst.extend_from_slice(src);
@@ -685,25 +680,30 @@ fn sharpness(src: &[u8], n: usize, alpha: f32, dst: &mut Vec<u8>) {
     }
     let (k1, k5) = (1.0f32 / 13.0, 5.0f32 / 13.0);
     let stride = n * 3;
+    let to_f32 = |y: usize| -> Vec<f32> { src[y * stride..(y + 1) * stride].iter().map(|v| *v as f32).collect() };
+    let (mut up, mut row) = (to_f32(0), to_f32(1));
+    let mut smooth = vec![0f32; stride - 6];
+    // One row's 1×3 sums for the interior values: neighbours at ±3 bytes (the same channel).
+    fn line(r: &[f32], k1: f32, kc: f32) -> impl Iterator<Item = f32> + '_ {
+        let len = r.len() - 6;
+        r[..len].iter().zip(&r[3..len + 3]).zip(&r[6..]).map(move |((a, b), c)| a * k1 + b * kc + c * k1)
+    }
     for y in 1..n - 1 {
-        let (up, row, down) = (&src[(y - 1) * stride..y * stride], &src[y * stride..(y + 1) * stride], &src[(y + 1) * stride..(y + 2) * stride]);
-        let out = &mut dst[y * stride..(y + 1) * stride];
-        for i in 3..stride - 3 {
-            let line = |r: &[u8], kc: f32| r[i - 3] as f32 * k1 + r[i] as f32 * kc + r[i + 3] as f32 * k1;
-            // Pillow's order: offset, then the row below, the row, the row above.
+        let down = to_f32(y + 1);
+        // Pillow's order: offset, then the row below, the row, the row above.
+        for (((s, d), r), u) in smooth.iter_mut().zip(line(&down, k1, k1)).zip(line(&row, k1, k5)).zip(line(&up, k1, k1)) {
             let mut ss = 0.5f32;
-            ss += line(down, k1);
-            ss += line(row, k5);
-            ss += line(up, k1);
-            let smooth = if ss <= 0.0 {
-                0
-            } else if ss >= 255.0 {
-                255
-            } else {
-                ss as u8
-            };
-            out[i] = blend(smooth, row[i], alpha);
+            ss += d;
+            ss += r;
+            ss += u;
+            *s = ss;
         }
+        let out = &mut dst[y * stride + 3..(y + 1) * stride - 3];
+        for ((o, ss), v) in out.iter_mut().zip(&smooth).zip(&src[y * stride + 3..(y + 1) * stride - 3]) {
+            // clip8: ≤ 0 → 0, ≥ 255 → 255, else truncated: the saturating cast.
+            *o = blend(*ss as u8, *v, alpha);
+        }
+        (up, row) = (row, down);
     }
 }
 
@@ -747,7 +747,6 @@ fn round15(x: f64) -> f64 {
 
 /// `Image.transpose(ROTATE_90 · k)`: k counter-clockwise quarter turns of the square into `dst`.
 fn rotate_quarter_turns(src: &[u8], n: usize, k: u8, dst: &mut Vec<u8>) {
-    dst.clear();
     dst.resize(src.len(), 0);
     let m = n - 1;
     for y in 0..n {
@@ -766,23 +765,21 @@ fn rotate_quarter_turns(src: &[u8], n: usize, k: u8, dst: &mut Vec<u8>) {
 
 /// `Image.transform(size, AFFINE, m, resample, fillcolor=fill)` of the square into `dst`:
 /// output pixel (x, y) samples the input at `(m0·x' + m1·y' + m2, m3·x' + m4·y' + m5)` with
-/// `x' = x + ½`, `y' = y + ½`, as libImaging's `ImagingTransformAffine` picks its path.
+/// `x' = x + ½`, `y' = y + ½`, as libImaging's `ImagingTransformAffine` picks its path. Every
+/// output pixel is written once: the sample, or `fill` where the position falls outside.
 fn transform_affine(src: &[u8], n: usize, m: [f64; 6], resample: Resample, fill: [u8; 3], dst: &mut Vec<u8>) {
-    dst.clear();
+    // Only a new scratch buffer is initialised here; each path writes every pixel.
     dst.resize(src.len(), 0);
-    for p in dst.chunks_exact_mut(3) {
-        p.copy_from_slice(&fill);
-    }
     match resample {
-        Resample::Bilinear => affine_bilinear(src, n, m, dst),
-        Resample::Nearest if m[1] == 0.0 && m[3] == 0.0 => affine_scale_nearest(src, n, m, dst),
+        Resample::Bilinear => affine_bilinear(src, n, m, fill, dst),
+        Resample::Nearest if m[1] == 0.0 && m[3] == 0.0 => affine_scale_nearest(src, n, m, fill, dst),
         Resample::Nearest => {
             let fits = |x: f64, y: f64| (x * m[0] + y * m[1] + m[2]).abs() < 32768.0 && (x * m[3] + y * m[4] + m[5]).abs() < 32768.0;
             let s = n as f64;
             if fits(0.0, 0.0) && fits(s, s) && fits(0.0, s) && fits(s, 0.0) {
-                affine_fixed_nearest(src, n, m, dst)
+                affine_fixed_nearest(src, n, m, fill, dst)
             } else {
-                affine_float_nearest(src, n, m, dst)
+                affine_float_nearest(src, n, m, fill, dst)
             }
         }
     }
@@ -798,34 +795,35 @@ fn coord(v: f64) -> i64 {
     }
 }
 
+/// Output pixel `o` (byte offset) = input pixel (`sx`, `sy`) when inside the image, else `fill`.
 #[inline]
-fn copy_px(src: &[u8], n: usize, sx: usize, sy: usize, dst: &mut [u8], o: usize) {
-    let s = (sy * n + sx) * 3;
-    dst[o..o + 3].copy_from_slice(&src[s..s + 3]);
+fn put_px(src: &[u8], n: usize, sx: i64, sy: i64, fill: &[u8; 3], dst: &mut [u8], o: usize) {
+    let size = n as i64;
+    if (0..size).contains(&sx) && (0..size).contains(&sy) {
+        let s = (sy as usize * n + sx as usize) * 3;
+        dst[o..o + 3].copy_from_slice(&src[s..s + 3]);
+    } else {
+        dst[o..o + 3].copy_from_slice(fill);
+    }
 }
 
 /// `ImagingScaleAffine` (nearest, no rotation or shear): positions accumulated per step.
-fn affine_scale_nearest(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
+fn affine_scale_nearest(src: &[u8], n: usize, m: [f64; 6], fill: [u8; 3], dst: &mut [u8]) {
     let mut yo = m[5] + m[4] * 0.5;
     for y in 0..n {
         let yi = coord(yo);
         yo += m[4];
-        if yi < 0 || yi >= n as i64 {
-            continue;
-        }
         let mut xo = m[2] + m[0] * 0.5;
         for x in 0..n {
             let xi = coord(xo);
             xo += m[0];
-            if xi >= 0 && xi < n as i64 {
-                copy_px(src, n, xi as usize, yi as usize, dst, (y * n + x) * 3);
-            }
+            put_px(src, n, xi, yi, &fill, dst, (y * n + x) * 3);
         }
     }
 }
 
 /// `affine_fixed`: nearest neighbour in 16.16 fixed point, increments accumulated exactly.
-fn affine_fixed_nearest(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
+fn affine_fixed_nearest(src: &[u8], n: usize, m: [f64; 6], fill: [u8; 3], dst: &mut [u8]) {
     let fix = |v: f64| {
         let t = v * 65536.0 + 0.5;
         if t < 0.0 {
@@ -836,14 +834,10 @@ fn affine_fixed_nearest(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
     };
     let (a0, a1, a3, a4) = (fix(m[0]), fix(m[1]), fix(m[3]), fix(m[4]));
     let (mut a2, mut a5) = (fix(m[2] + m[0] * 0.5 + m[1] * 0.5), fix(m[5] + m[3] * 0.5 + m[4] * 0.5));
-    let size = n as i64;
     for y in 0..n {
         let (mut xx, mut yy) = (a2, a5);
         for x in 0..n {
-            let (xi, yi) = (xx >> 16, yy >> 16);
-            if xi >= 0 && xi < size && yi >= 0 && yi < size {
-                copy_px(src, n, xi as usize, yi as usize, dst, (y * n + x) * 3);
-            }
+            put_px(src, n, xx >> 16, yy >> 16, &fill, dst, (y * n + x) * 3);
             xx += a0;
             yy += a3;
         }
@@ -853,16 +847,12 @@ fn affine_fixed_nearest(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
 }
 
 /// libImaging's floating-point nearest affine, for matrices too large for 16.16.
-fn affine_float_nearest(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
+fn affine_float_nearest(src: &[u8], n: usize, m: [f64; 6], fill: [u8; 3], dst: &mut [u8]) {
     let (mut xo, mut yo) = (m[2] + m[1] * 0.5 + m[0] * 0.5, m[5] + m[4] * 0.5 + m[3] * 0.5);
-    let size = n as i64;
     for y in 0..n {
         let (mut xx, mut yy) = (xo, yo);
         for x in 0..n {
-            let (xi, yi) = (coord(xx), coord(yy));
-            if xi >= 0 && xi < size && yi >= 0 && yi < size {
-                copy_px(src, n, xi as usize, yi as usize, dst, (y * n + x) * 3);
-            }
+            put_px(src, n, coord(xx), coord(yy), &fill, dst, (y * n + x) * 3);
             xx += m[0];
             yy += m[3];
         }
@@ -871,35 +861,46 @@ fn affine_float_nearest(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
     }
 }
 
+/// `floor` for `v ≥ −1` without a libm call (x86-64's baseline has no rounding instruction).
+#[inline]
+fn floor_from_minus_one(v: f64) -> i64 {
+    let t = v as i64; // truncates towards zero
+    t - ((t as f64) > v) as i64
+}
+
 /// libImaging's generic transform with `bilinear_filter32RGB`: the position of each output
-/// pixel centre computed afresh in f64, outside → fill, neighbours clamped to the edge (the row
-/// below repeats when it is outside), interpolated in f64 and truncated.
-fn affine_bilinear(src: &[u8], n: usize, m: [f64; 6], dst: &mut [u8]) {
+/// pixel centre is `m0·x' + m1·y' + m2` in f64 (the products are computed once per column and
+/// per row, the sums per pixel in Pillow's order, so every position is bit for bit Pillow's);
+/// outside → fill; the four neighbours clamped to the edge (a missing row below repeats the
+/// row, which is what Pillow's `v2 = v1` amounts to); interpolated in f64 and truncated.
+fn affine_bilinear(src: &[u8], n: usize, m: [f64; 6], fill: [u8; 3], dst: &mut [u8]) {
     let (size, last) = (n as f64, n as i64 - 1);
     let stride = n * 3;
+    let centre = |i: usize| i as f64 + 0.5;
+    let (col_x, col_y): (Vec<f64>, Vec<f64>) = (0..n).map(|x| (m[0] * centre(x), m[3] * centre(x))).unzip();
     for y in 0..n {
-        let yc = y as f64 + 0.5;
-        for x in 0..n {
-            let xc = x as f64 + 0.5;
-            let xin = m[0] * xc + m[1] * yc + m[2];
-            let yin = m[3] * xc + m[4] * yc + m[5];
+        let (row_x, row_y) = (m[1] * centre(y), m[4] * centre(y));
+        let out_row = &mut dst[y * stride..(y + 1) * stride];
+        for ((out, cx), cy) in out_row.chunks_exact_mut(3).zip(&col_x).zip(&col_y) {
+            let xin = cx + row_x + m[2];
+            let yin = cy + row_y + m[5];
             if !(xin >= 0.0 && xin < size && yin >= 0.0 && yin < size) {
+                out.copy_from_slice(&fill);
                 continue;
             }
             let (xs, ys) = (xin - 0.5, yin - 0.5);
-            let (fx, fy) = (xs.floor(), ys.floor());
-            let (dx, dy) = (xs - fx, ys - fy);
-            let (ix, iy) = (fx as i64, fy as i64);
-            let c0 = ix.clamp(0, last) as usize * 3;
-            let c1 = (ix + 1).clamp(0, last) as usize * 3;
+            let (ix, iy) = (floor_from_minus_one(xs), floor_from_minus_one(ys));
+            let (dx, dy) = (xs - ix as f64, ys - iy as f64);
+            let (c0, c1) = (ix.clamp(0, last) as usize * 3, (ix + 1).min(last) as usize * 3);
             let r0 = &src[iy.clamp(0, last) as usize * stride..][..stride];
-            let r1 = (iy < last).then(|| &src[(iy + 1) as usize * stride..][..stride]);
-            let o = (y * n + x) * 3;
-            for c in 0..3 {
-                let lerp = |a: u8, b: u8, d: f64| a as f64 + (b as i32 - a as i32) as f64 * d;
-                let v1 = lerp(r0[c0 + c], r0[c1 + c], dx);
-                let v2 = r1.map_or(v1, |r1| lerp(r1[c0 + c], r1[c1 + c], dx));
-                dst[o + c] = (v1 + (v2 - v1) * dy) as u8;
+            let r1 = &src[(iy + 1).min(last) as usize * stride..][..stride];
+            for (c, o) in out.iter_mut().enumerate() {
+                let lerp = |r: &[u8]| {
+                    let (a, b) = (r[c0 + c] as f64, r[c1 + c] as f64);
+                    a + (b - a) * dx
+                };
+                let (v1, v2) = (lerp(r0), lerp(r1));
+                *o = (v1 + (v2 - v1) * dy) as u8;
             }
         }
     }
