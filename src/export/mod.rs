@@ -93,7 +93,8 @@ pub fn export_run(run_dir: &Path, checkpoint: Checkpoint, fp16: bool) -> Result<
         data_fingerprint: config.data_fingerprint.clone(),
         sorbier_version: crate::VERSION.to_string(),
         precision: precision_name(fp16).to_string(),
-        source: format!("{}:{}", run_name(run_dir), checkpoint.name()),
+        // `run:best (ema)` when the best checkpoint is the moving average of the weights.
+        source: format!("{}:{}{}", run_name(run_dir), checkpoint.name(), if info.ema && checkpoint != Checkpoint::Ema { " (ema)" } else { "" }),
     };
     build_model(&spec, &weights, &meta, fp16)
         .with_context(|| format!("cannot export {}", weights_path.display()))
