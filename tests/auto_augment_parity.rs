@@ -34,6 +34,9 @@ use serde_json::Value;
 use sorbier::transforms::augment::{erasing_box, CropBox, EraseDraws};
 use sorbier::transforms::auto_augment::{apply_op, Op, RandOp, Resample, TaOp, RAND_INCREASING_TRANSFORMS, RAND_TRANSFORMS, TA_WIDE_OPS};
 
+mod common;
+use common::python;
+
 const N_IMAGES: usize = 4;
 const SIZE: usize = 64;
 /// timm's `img_mean` for the ImageNet mean: `min(255, round(255·m))`.
@@ -45,14 +48,6 @@ fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn python() -> PathBuf {
-    let p = std::env::var("SORBIER_PYTHON").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(".venv/bin/python"));
-    if p.is_absolute() {
-        p
-    } else {
-        manifest().join(p)
-    }
-}
 
 /// Runs the reference script once for all the tests of this file; returns its output folder.
 fn reference() -> &'static Path {

@@ -23,6 +23,9 @@ use std::process::Command;
 
 use sorbier::transforms::{eval_into, eval_tensor_len, load_rgb, Preprocess};
 
+mod common;
+use common::python;
+
 const N_IMAGES: usize = 40;
 const MEAN_TOL: f64 = 0.006;
 const MAX_TOL: f64 = 0.105;
@@ -31,14 +34,6 @@ fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn python() -> PathBuf {
-    let p = std::env::var("SORBIER_PYTHON").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(".venv/bin/python"));
-    if p.is_absolute() {
-        p
-    } else {
-        manifest().join(p)
-    }
-}
 
 /// Reads a little-endian float32 C-order `.npy` file: (shape, data).
 fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {

@@ -2,6 +2,18 @@
 //! module with `mod common;`.
 #![allow(dead_code)]
 
+/// The project's Python (`SORBIER_PYTHON`, else the repo's `.venv/bin/python`), for the tests
+/// that compare against PyTorch, torchvision or timm.
+pub fn python() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let p = std::env::var("SORBIER_PYTHON").map(std::path::PathBuf::from).unwrap_or_else(|_| std::path::PathBuf::from(".venv/bin/python"));
+    if p.is_absolute() {
+        p
+    } else {
+        root.join(p)
+    }
+}
+
 /// The process-wide ONNX Runtime environment, from the library the build points at
 /// (`ORT_DYLIB_PATH`, at test time or at build time).
 pub fn ort_env() -> &'static ort::environment::Environment {
