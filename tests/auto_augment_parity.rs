@@ -73,18 +73,7 @@ fn reference() -> &'static Path {
 
 /// Reads a C-order uint8 `.npy` file: (shape, data).
 fn read_npy_u8(path: &Path) -> (Vec<usize>, Vec<u8>) {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{} is not a .npy file", path.display());
-    let (hlen, start) = if bytes[6] == 1 {
-        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
-    } else {
-        (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
-    };
-    let header = std::str::from_utf8(&bytes[start..start + hlen]).unwrap();
-    assert!(header.contains("'descr': '|u1'") && header.contains("'fortran_order': False"), "unexpected header {header}");
-    let shape_str = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape: Vec<usize> = shape_str.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
-    let data = bytes[start + hlen..].to_vec();
+    let (shape, data) = common::read_npy_bytes(path, "|u1");
     assert_eq!(data.len(), shape.iter().product::<usize>());
     (shape, data)
 }

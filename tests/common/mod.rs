@@ -14,6 +14,23 @@ pub fn python() -> std::path::PathBuf {
     }
 }
 
+/// Reads a C-order `.npy` file whose dtype is `descr` (`<f4`, `|u1`, …): its shape and raw
+/// little-endian bytes.
+pub fn read_npy_bytes(path: &std::path::Path, descr: &str) -> (Vec<usize>, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{} is not a .npy file", path.display());
+    let (hlen, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+    };
+    let header = std::str::from_utf8(&bytes[start..start + hlen]).unwrap();
+    assert!(header.contains(&format!("'descr': '{descr}'")) && header.contains("'fortran_order': False"), "unexpected header {header}");
+    let shape_str = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape_str.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    (shape, bytes[start + hlen..].to_vec())
+}
+
 /// The process-wide ONNX Runtime environment, from the library the build points at
 /// (`ORT_DYLIB_PATH`, at test time or at build time).
 pub fn ort_env() -> &'static ort::environment::Environment {
