@@ -34,7 +34,6 @@ fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-
 /// Reads a little-endian float32 C-order `.npy` file: (shape, data).
 fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let (shape, bytes) = common::read_npy_bytes(path, "<f4");

@@ -225,17 +225,16 @@ impl Worker {
         let inference_ms = t.elapsed().as_secs_f64() * 1e3;
         let mut at = 0;
         for job in jobs {
-            let Job { items, submitted, reply: tx, _ticket: ticket, .. } = job;
-            let k = items.len();
+            let k = job.items.len();
             let reply = outcome.clone().map(|()| Reply {
                 rows: rows.slice(s![at..at + k, ..]).to_owned(),
-                queue_ms: started.saturating_duration_since(submitted).as_secs_f64() * 1e3,
+                queue_ms: started.saturating_duration_since(job.submitted).as_secs_f64() * 1e3,
                 inference_ms,
                 batch_images: first_batch,
             });
-            // The job's images leave the queue before its answer goes out: a client that has
-            // its answer must find their places free (its items hold the admission too).
-            drop(items);
+            // The job's admission is given back before its answer goes out: a client that has
+            // its answer must find its images' places free.
+            let Job { reply: tx, _ticket: ticket, .. } = job;
             drop(ticket);
             // The client may have gone away meanwhile; its rows are simply dropped.
             let _ = tx.send(reply);
